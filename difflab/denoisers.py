@@ -1,0 +1,114 @@
+"""Parametrizations and preconditioning: wrap any network into a Denoiser ``D(x, sigma) -> x0_hat``.
+
+A network sees the *schedule's* input ``x_t = alpha x`` (VP) or ``x`` (VE/EDM) and a time input
+``c_noise(sigma)``; it predicts one of
+
+- ``eps``:   the noise n (Ho et al. 2020, eq. 11),           x0 = x - sigma eps
+- ``x0``:    the clean data,                                  x0 = output
+- ``v``:     v = alpha n - std x0 (Salimans & Ho 2022, sec. 4), x0 = (alpha x_t - std v)/(alpha^2 + std^2)
+- ``score``: grad log p(x_t) = -n / std (Song et al. 2021),   x0 = x + sigma std * score
+- ``edm``:   EDM preconditioning (Karras et al. 2022, Table 1, sec. 5):
+             D = c_skip x + c_out F(c_in x, c_noise), c_skip = sd^2/(sigma^2 + sd^2),
+             c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1/sqrt(sigma^2 + sd^2), c_noise = log(sigma)/4.
+
+Everything here is in the VE convention of DESIGN.md: ``x = x0 + sigma n``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .schedules import EDM, Schedule
+
+__all__ = ["PREDICTIONS", "NetworkDenoiser", "CountingDenoiser", "x0_from_prediction",
+           "prediction_from_x0", "append_dims"]
+
+PREDICTIONS = ("eps", "x0", "v", "score", "edm")
+
+
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Reshape a (B,) tensor to (B, 1, ..., 1) with ``ndim`` dimensions in all."""
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def x0_from_prediction(prediction: str, out, x, sigma, alpha):
+    """x0 from a network output, with x the VE input (x0 + sigma n), and sigma, alpha broadcastable."""
+    std = alpha * sigma
+    if prediction == "eps":
+        return x - sigma * out
+    if prediction == "x0":
+        return out
+    if prediction == "v":
+        return (alpha * (alpha * x) - std * out) / (alpha**2 + std**2)
+    if prediction == "score":
+        return x + sigma * std * out
+    raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS[:4]}")
+
+
+def prediction_from_x0(prediction: str, x0, x, sigma, alpha):
+    """Inverse of :func:`x0_from_prediction`: the target a network of that kind should output."""
+    std = alpha * sigma
+    eps = (x - x0) / sigma
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return alpha * eps - std * x0
+    if prediction == "score":
+        return -eps / std
+    raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS[:4]}")
+
+
+def edm_coefficients(sigma, sigma_data: float):
+    """c_skip, c_out, c_in of Karras et al. (2022), Table 1 ("Ours")."""
+    total = sigma**2 + sigma_data**2
+    return sigma_data**2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt()
+
+
+class NetworkDenoiser(nn.Module):
+    """A Denoiser built from ``net(x_in, c_noise, **cond)`` trained with ``prediction`` under ``schedule``.
+
+    For ``prediction="edm"`` the network is the raw F of the EDM preconditioning and the schedule
+    defaults to :class:`EDM`.
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule | None = None, prediction: str = "eps",
+                 sigma_data: float = 0.5):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS}")
+        self.net, self.prediction, self.sigma_data = net, prediction, sigma_data
+        self.schedule = schedule if schedule is not None else EDM()
+
+    def network_inputs(self, x, sigma):
+        """(x_in, c_noise, alpha): what the network sees for a VE input x at noise level sigma."""
+        sigma = sigma.to(torch.float64)
+        if self.prediction == "edm":
+            _, _, c_in = edm_coefficients(sigma, self.sigma_data)
+            return x * append_dims(c_in, x.ndim).to(x.dtype), 0.25 * sigma.log(), None
+        alpha = self.schedule.alpha_of_ve_sigma(sigma)
+        c_noise = self.schedule.c_noise(sigma)
+        return x * append_dims(alpha, x.ndim).to(x.dtype), c_noise, alpha
+
+    def forward(self, x, sigma, **cond):
+        sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
+        x_in, c_noise, alpha = self.network_inputs(x, sigma)
+        out = self.net(x_in, c_noise.to(x.dtype), **cond).to(x.dtype)
+        s = append_dims(sigma, x.ndim).to(x.dtype)
+        if self.prediction == "edm":
+            c_skip, c_out, _ = edm_coefficients(s, self.sigma_data)
+            return c_skip * x + c_out * out
+        return x0_from_prediction(self.prediction, out, x, s, append_dims(alpha, x.ndim).to(x.dtype))
+
+
+class CountingDenoiser:
+    """Wraps a denoiser and counts its calls (``.calls``) and evaluated samples (``.evals``)."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.calls, self.evals = denoiser, 0, 0
+
+    def __call__(self, x, sigma, **cond):
+        self.calls += 1
+        self.evals += x.shape[0]
+        return self.denoiser(x, sigma, **cond)

@@ -1,0 +1,112 @@
+"""Exact denoisers: Gaussian mixtures, whose noisy marginals and posterior means are closed form.
+
+For data x0 ~ sum_k w_k N(mu_k, s_k^2 I) and x = x0 + sigma n, the noisy marginal is
+p(x; sigma) = sum_k w_k N(x; mu_k, (s_k^2 + sigma^2) I), and by Tweedie's formula
+(Efron 2011; Karras et al. 2022, eq. 3) the ideal denoiser is
+
+    D(x, sigma) = E[x0 | x] = sum_k r_k(x) (mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k)),
+
+with responsibilities r_k(x) = w_k N(x; mu_k, (s_k^2 + sigma^2) I) / p(x; sigma). This is the test
+oracle of every sampler, and a way to see what a perfect network would do.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["GaussianMixture", "ring_mixture", "random_mixture"]
+
+
+class GaussianMixture:
+    """Mixture of isotropic Gaussians; all computations in ``dtype`` (float64 by default).
+
+    Args:
+        means: (K, D) component means.
+        stds: (K,) or scalar component standard deviations.
+        weights: (K,) mixture weights (normalised here); uniform if None.
+    """
+
+    def __init__(self, means, stds, weights=None, dtype=torch.float64):
+        self.means = torch.as_tensor(means, dtype=dtype)
+        if self.means.ndim != 2:
+            raise ValueError(f"means must be (K, D), got shape {tuple(self.means.shape)}")
+        K, self.dim = self.means.shape
+        self.stds = torch.as_tensor(stds, dtype=dtype).expand(K).clone()
+        w = torch.ones(K, dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype)
+        self.log_weights = (w / w.sum()).log()
+        self.dtype = dtype
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    def _flat(self, x):
+        return x.reshape(x.shape[0], -1).to(self.dtype)
+
+    def _log_joint(self, x, sigma):
+        """log w_k + log N(x; mu_k, (s_k^2 + sigma^2) I) for each component: (B, K); and var (B, K)."""
+        sigma = torch.as_tensor(sigma, dtype=self.dtype).reshape(-1, 1)
+        var = self.stds[None] ** 2 + sigma**2  # (B or 1, K)
+        sq = torch.cdist(x, self.means, compute_mode="donot_use_mm_for_euclid_dist").square()  # (B, K)
+        log_norm = -0.5 * self.dim * (2 * math.pi * var).log()
+        return self.log_weights[None] + log_norm - 0.5 * sq / var, var
+
+    def class_posterior(self, x, sigma) -> torch.Tensor:
+        """p(k | x; sigma), the responsibilities r_k(x): (B, K)."""
+        log_joint, _ = self._log_joint(self._flat(x), sigma)
+        return torch.softmax(log_joint, dim=1)
+
+    def log_prob(self, x, sigma=0.0) -> torch.Tensor:
+        """log p(x; sigma) of the mixture convolved with N(0, sigma^2 I): (B,)."""
+        log_joint, _ = self._log_joint(self._flat(x), sigma)
+        return torch.logsumexp(log_joint, dim=1)
+
+    def denoiser(self, x, sigma, component: int | torch.Tensor | None = None) -> torch.Tensor:
+        """E[x0 | x0 + sigma n = x]; with ``component`` (int or (B,) ids), the denoiser of that
+        component alone, E[x0 | x, k] (the class-conditional oracle)."""
+        xf = self._flat(x)
+        log_joint, var = self._log_joint(xf, sigma)
+        post_mean = self.means[None] + (self.stds[None] ** 2 / var)[..., None] * (xf[:, None] - self.means[None])
+        if component is None:
+            resp = torch.softmax(log_joint, dim=1)
+            out = torch.einsum("bk,bkd->bd", resp, post_mean)
+        else:
+            idx = torch.as_tensor(component).expand(xf.shape[0]).long()
+            out = post_mean[torch.arange(xf.shape[0]), idx]
+        return out.reshape(x.shape).to(x.dtype)
+
+    __call__ = denoiser
+
+    def score(self, x, sigma) -> torch.Tensor:
+        """grad_x log p(x; sigma) = sum_k r_k (mu_k - x) / (s_k^2 + sigma^2); valid at sigma = 0."""
+        xf = self._flat(x)
+        log_joint, var = self._log_joint(xf, sigma)
+        resp = torch.softmax(log_joint, dim=1)
+        per = (self.means[None] - xf[:, None]) / var[..., None]
+        return torch.einsum("bk,bkd->bd", resp, per).reshape(x.shape).to(x.dtype)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, sigma: float = 0.0,
+               return_labels: bool = False):
+        """n exact draws of x0 + sigma n (labels = component ids when asked)."""
+        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=self.dtype)
+        std = (self.stds[k] ** 2 + sigma**2).sqrt()[:, None]
+        x = self.means[k] + std * z
+        return (x, k) if return_labels else x
+
+
+def ring_mixture(k: int = 8, radius: float = 4.0, std: float = 0.3, dtype=torch.float64) -> GaussianMixture:
+    """The ``gmm2d`` problem: k equal-weight Gaussians of std ``std`` evenly on a circle."""
+    angles = torch.arange(k, dtype=dtype) * (2 * math.pi / k)
+    return GaussianMixture(radius * torch.stack([angles.cos(), angles.sin()], 1), std, dtype=dtype)
+
+
+def random_mixture(k: int = 10, dim: int = 64, norm: float = 3.0, std: float = 0.5, seed: int = 0,
+                   dtype=torch.float64) -> GaussianMixture:
+    """The ``gmm64`` problem: k equal-weight Gaussians in ``dim`` dimensions, means drawn from
+    N(0, I) with a fixed seed and rescaled to norm ``norm``."""
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(k, dim, generator=gen, dtype=dtype)
+    means = norm * means / means.norm(dim=1, keepdim=True)
+    return GaussianMixture(means, std, dtype=dtype)

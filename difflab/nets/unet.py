@@ -1,0 +1,386 @@
+"""ADM-style UNet: the noise-conditional image network ``F(x, c_noise, y)``.
+
+The layout is the DDPM UNet (Ho et al. 2020, appendix B: a PixelCNN++ / Wide-ResNet backbone with
+self-attention at 16x16) with the changes of Dhariwal & Nichol 2021, sec. 3 ("ADM"): scale-shift
+("adaptive group") normalisation, multi-head attention, optional BigGAN up/down-sampling residual
+blocks, and a learned-variance output (Nichol & Dhariwal 2021, sec. 3.1). The noise level enters as a
+float ``c_noise`` of shape (B,) -- the DDPM timestep, ``1000 t`` or ``ln(sigma) / 4`` (Karras et al.
+2022, Table 1) -- so one network serves every schedule.
+
+This module also holds the pieces shared by :mod:`.mlp` and :mod:`.classifier`: the JSON config
+mixin, the noise / class embedding, and the encoder half of the UNet.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["UNet", "UNetConfig", "UNET_PRESETS", "EncoderConfig", "Encoder", "ConditionEmbedding",
+           "ResBlock", "AttentionBlock", "GroupNorm", "sinusoidal_embedding"]
+
+
+class JSONConfig:
+    """Mixin for frozen dataclass configs: ``to_dict()`` gives JSON data, ``from_dict()`` inverts it."""
+
+    def __post_init__(self):
+        # JSON has no tuples: accept lists and store tuples, so configs stay hashable and comparable.
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+
+    def to_dict(self) -> dict:
+        """The config as plain JSON-serialisable data (tuples become lists)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error, missing keys default."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys are {sorted(names)}")
+        return cls(**data)
+
+
+def sinusoidal_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of a float noise level, shape (B,) -> (B, dim).
+
+    ``emb = [cos(c w_0), ..., cos(c w_{h-1}), sin(c w_0), ..., sin(c w_{h-1})]`` with
+    ``w_i = max_period^(-i/h)``, ``h = dim/2`` (Vaswani et al. 2017, sec. 3.5; used for the DDPM
+    timestep by Ho et al. 2020, appendix B).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) / half
+                      * torch.arange(half, device=c_noise.device, dtype=torch.float32))
+    args = c_noise.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class ConditionEmbedding(nn.Module):
+    """``emb = MLP(sinusoidal(c_noise)) + E[y]``: noise level plus an optional class.
+
+    The MLP is Linear-SiLU-Linear (Ho et al. 2020, appendix B); the class table is added to it
+    (Dhariwal & Nichol 2021, sec. 3). Row ``num_classes`` of the table is a learned "null" class for
+    classifier-free guidance (Ho & Salimans 2021, sec. 3.2): ``y = None``, ``y == -1`` and
+    ``y == num_classes`` all select it.
+    """
+
+    def __init__(self, freq_dim: int, emb_dim: int, num_classes: int | None = None):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.num_classes = num_classes
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
+
+    def forward(self, c_noise, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        device = self.mlp[0].weight.device
+        c_noise = torch.as_tensor(c_noise, device=device).reshape(-1).expand(batch_size)
+        emb = self.mlp(sinusoidal_embedding(c_noise, self.freq_dim))
+        if self.label is None:
+            if y is not None:
+                raise ValueError("class labels y were given to a network built with num_classes=None")
+            return emb
+        if y is None:
+            y = torch.full((batch_size,), self.num_classes, device=device, dtype=torch.long)
+        y = torch.as_tensor(y, device=device).long().reshape(-1).expand(batch_size)
+        return emb + self.label(torch.where(y < 0, self.num_classes, y))
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm (Wu & He 2018) computed in float32, so it is stable under bf16 autocast.
+
+    The group count is reduced to the largest divisor of ``channels`` not above ``groups``.
+    """
+
+    def __init__(self, channels: int, groups: int = 32):
+        groups = max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+        super().__init__(groups, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters, so a residual branch starts as the identity (Goyal et al. 2017)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def _resample(x: torch.Tensor, mode: str | None) -> torch.Tensor:
+    if mode == "up":
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    if mode == "down":
+        return F.avg_pool2d(x, 2)
+    return x
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on the embedding ``emb``.
+
+    ``h = conv1(SiLU(GN(x)))``, then either ``h = GN(h) (1 + s) + b`` with ``(s, b) = Linear(SiLU(emb))``
+    (scale-shift norm, Dhariwal & Nichol 2021, sec. 3) or ``h = GN(h + Linear(SiLU(emb)))`` (Ho et al.
+    2020); ``out = skip(x) + conv2(Dropout(SiLU(h)))`` with ``conv2`` zero-initialised.
+    ``resample="up"/"down"`` resamples both paths inside the block (BigGAN, Brock et al. 2019,
+    appendix B; ADM's ``resblock_updown``).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, *, dropout: float,
+                 scale_shift_norm: bool, groups: int, resample: str | None = None):
+        super().__init__()
+        self.scale_shift_norm = scale_shift_norm
+        self.resample = resample
+        self.norm1 = GroupNorm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift_norm else out_ch)
+        self.norm2 = GroupNorm(out_ch, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm1(x))
+        h, x = _resample(h, self.resample), _resample(x, self.resample)
+        h = self.conv1(h)
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]
+        if self.scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        return self.skip(x) + self.conv2(self.dropout(F.silu(h)))
+
+
+class AttentionBlock(nn.Module):
+    """``x + proj(MultiHead(GN(x)))``: self-attention over the H*W positions.
+
+    ``softmax(q k^T / sqrt(d)) v`` per head (Vaswani et al. 2017, sec. 3.2) via
+    ``scaled_dot_product_attention``; one head at 16x16 in DDPM (Ho et al. 2020, appendix B), several
+    in ADM (Dhariwal & Nichol 2021, sec. 3). ``proj`` is zero-initialised.
+    """
+
+    def __init__(self, channels: int, num_heads: int, groups: int):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"{channels} channels cannot be split into {num_heads} attention heads")
+        self.num_heads = num_heads
+        self.norm = GroupNorm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, height, width = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, height * width)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, d)
+        h = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(h.transpose(-1, -2).reshape(b, c, height, width))
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 convolution (Ho et al. 2020, appendix B)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling followed by a 3x3 convolution (Ho et al. 2020, appendix B)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(_resample(x, "up"))
+
+
+class EmbedSequential(nn.Sequential):
+    """A sequence of blocks that all take ``(x, emb)``."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = block(x, emb)
+        return x
+
+
+@dataclass(frozen=True)
+class EncoderConfig(JSONConfig):
+    """Architecture of the UNet's down-sampling half, shared by :class:`UNet` and the classifier.
+
+    ``attn_resolutions`` are feature-map sizes (in pixels) that get self-attention;
+    ``head_channels``, when set, overrides ``num_heads`` with ``channels // head_channels`` heads;
+    ``groups`` is the GroupNorm group count, reduced where it does not divide the channels.
+    """
+
+    in_channels: int = 3
+    resolution: int = 32
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    num_heads: int = 1
+    head_channels: int | None = None
+    dropout: float = 0.1
+    scale_shift_norm: bool = True
+    resblock_updown: bool = False
+    groups: int = 32
+
+    def __post_init__(self):
+        super().__post_init__()
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.resolution % factor:
+            raise ValueError(f"resolution {self.resolution} is not divisible by {factor}, "
+                             f"the downsampling factor of channel_mult {self.channel_mult}")
+        if self.base_channels % 2:
+            raise ValueError(f"base_channels must be even for the sinusoidal embedding, got {self.base_channels}")
+        sizes = [self.resolution // 2**i for i in range(len(self.channel_mult))]
+        missing = sorted(set(self.attn_resolutions) - set(sizes))
+        if missing:
+            raise ValueError(f"attn_resolutions {missing} never occur; the feature-map sizes are {sizes}")
+
+    def heads(self, channels: int) -> int:
+        """Number of attention heads at a layer of ``channels`` channels."""
+        return channels // self.head_channels if self.head_channels else self.num_heads
+
+
+def _block_builders(cfg: EncoderConfig, emb_dim: int):
+    """``block(in_ch, out_ch, resample=None)`` and ``attention(ch)`` with the config's settings bound."""
+    block = partial(ResBlock, emb_dim=emb_dim, dropout=cfg.dropout,
+                    scale_shift_norm=cfg.scale_shift_norm, groups=cfg.groups)
+    return block, partial(_attention, cfg)
+
+
+def _attention(cfg: EncoderConfig, channels: int) -> AttentionBlock:
+    return AttentionBlock(channels, cfg.heads(channels), cfg.groups)
+
+
+class Encoder(nn.Module):
+    """Input convolution, down-sampling stages and middle block of the UNet (Ho et al. 2020, appendix B).
+
+    ``forward(x, emb)`` returns the middle block's output and the list of skip activations (the input
+    convolution's and each stage's output), which the UNet's decoder consumes in reverse order.
+    """
+
+    def __init__(self, config: EncoderConfig, emb_dim: int):
+        super().__init__()
+        cfg = config
+        block, attention = _block_builders(cfg, emb_dim)
+        ch = cfg.base_channels * cfg.channel_mult[0]
+        self.in_channels = cfg.in_channels
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.skip_channels = [ch]
+        self.down = nn.ModuleList()
+        res = cfg.resolution
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = [block(ch, cfg.base_channels * mult)]
+                ch = cfg.base_channels * mult
+                if res in cfg.attn_resolutions:
+                    layers.append(attention(ch))
+                self.down.append(EmbedSequential(*layers))
+                self.skip_channels.append(ch)
+            if level < len(cfg.channel_mult) - 1:
+                down = block(ch, ch, resample="down") if cfg.resblock_updown else Downsample(ch)
+                self.down.append(EmbedSequential(down))
+                self.skip_channels.append(ch)
+                res //= 2
+        self.middle = EmbedSequential(block(ch, ch), attention(ch), block(ch, ch))
+        self.out_channels, self.out_resolution = ch, res
+        self.factor = cfg.resolution // res
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[2] % self.factor or x.shape[3] % self.factor:
+            raise ValueError(f"image size {tuple(x.shape[2:])} is not divisible by {self.factor}")
+        h = self.conv_in(x)
+        skips = [h]
+        for stage in self.down:
+            h = stage(h, emb)
+            skips.append(h)
+        return self.middle(h, emb), skips
+
+
+@dataclass(frozen=True)
+class UNetConfig(EncoderConfig):
+    """:class:`EncoderConfig` plus the UNet's outputs and conditioning.
+
+    The output has ``out_channels`` (default ``in_channels``) channels, doubled when ``learn_sigma``
+    (the extra channels parametrise the variance, Nichol & Dhariwal 2021, sec. 3.1).
+    ``num_classes`` adds a class embedding with an extra null class (see :class:`ConditionEmbedding`).
+    """
+
+    out_channels: int | None = None
+    num_classes: int | None = None
+    learn_sigma: bool = False
+
+    @property
+    def output_channels(self) -> int:
+        return (self.out_channels or self.in_channels) * (2 if self.learn_sigma else 1)
+
+
+class UNet(nn.Module):
+    """ADM UNet ``F(x, c_noise, y) -> (B, out, H, W)`` (Dhariwal & Nichol 2021, sec. 3; Ho et al. 2020).
+
+    The decoder mirrors the encoder with ``num_res_blocks + 1`` residual blocks per level, each fed
+    the concatenation of the current features and one skip activation. The final convolution is
+    zero-initialised, so a fresh network outputs exactly zero.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        cfg = self.config = config
+        emb_dim = 4 * cfg.base_channels
+        self.embed = ConditionEmbedding(cfg.base_channels, emb_dim, cfg.num_classes)
+        self.encoder = Encoder(cfg, emb_dim)
+        block, attention = _block_builders(cfg, emb_dim)
+        ch, res = self.encoder.out_channels, self.encoder.out_resolution
+        skips = list(self.encoder.skip_channels)
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [block(ch + skips.pop(), cfg.base_channels * mult)]
+                ch = cfg.base_channels * mult
+                if res in cfg.attn_resolutions:
+                    layers.append(attention(ch))
+                if level > 0 and i == cfg.num_res_blocks:
+                    layers.append(block(ch, ch, resample="up") if cfg.resblock_updown else Upsample(ch))
+                    res *= 2
+                self.up.append(EmbedSequential(*layers))
+        self.norm_out = GroupNorm(ch, cfg.groups)
+        self.conv_out = zero_init(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(c_noise, y, x.shape[0])
+        h, skips = self.encoder(x, emb)
+        for stage in self.up:
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+UNET_PRESETS: dict[str, UNetConfig] = {
+    # The CIFAR-10 model of Ho et al. 2020 (appendix B): 35.7M parameters, additive embedding.
+    "cifar10-ddpm": UNetConfig(in_channels=3, resolution=32, base_channels=128, channel_mult=(1, 2, 2, 2),
+                               num_res_blocks=2, attn_resolutions=(16,), num_heads=1, dropout=0.1,
+                               scale_shift_norm=False),
+    # 8x8 one-channel digits (scikit-learn's): one downsampling, small enough for two CPU cores.
+    "digits": UNetConfig(in_channels=1, resolution=8, base_channels=32, channel_mult=(1, 2),
+                         num_res_blocks=2, attn_resolutions=(4,), num_heads=2, dropout=0.0),
+    # 32x32 RGB toy shapes.
+    "shapes32": UNetConfig(in_channels=3, resolution=32, base_channels=48, channel_mult=(1, 2, 2),
+                           num_res_blocks=2, attn_resolutions=(8,), head_channels=32, dropout=0.1),
+}

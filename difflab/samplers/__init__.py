@@ -1,0 +1,70 @@
+"""Samplers: pure functions ``(denoiser, x, sigmas, *, generator, callback, progress, cond, **options) -> x``.
+
+``SAMPLERS`` maps each name of DESIGN.md to its function; :func:`sample` is the single entry point.
+"""
+from __future__ import annotations
+
+import inspect
+
+from .adaptive import rk45
+from .ancestral import ddim, ddpm, euler_ancestral
+from .dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from .ode import edm_stochastic, euler, heun
+from .sde import em, pc
+from .unipc import unipc
+
+SAMPLERS = {
+    "euler": euler, "heun": heun, "ddim": ddim, "ddpm": ddpm, "euler_ancestral": euler_ancestral,
+    "edm_stochastic": edm_stochastic, "dpm_solver_1": dpm_solver_1, "dpm_solver_2": dpm_solver_2,
+    "dpm_solver_3": dpm_solver_3, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2m_sde": dpmpp_2m_sde, "unipc": unipc, "em": em, "pc": pc, "rk45": rk45,
+}
+
+#: Samplers that draw fresh noise while integrating (their output depends on ``generator``).
+STOCHASTIC = frozenset({"ddpm", "euler_ancestral", "edm_stochastic", "dpmpp_2m_sde", "em", "pc"})
+
+_COMMON = {"denoiser", "x", "sigmas", "generator", "callback", "progress", "cond"}
+
+
+def sampler_options(name: str) -> dict:
+    """The options a sampler accepts beyond the common ones, with their defaults."""
+    params = inspect.signature(SAMPLERS[name]).parameters
+    return {k: p.default for k, p in params.items() if k not in _COMMON}
+
+
+def denoiser_calls(name: str, sigmas, **options) -> int | None:
+    """Denoiser calls the sampler makes for ``sigmas`` (None for rk45, whose count is adaptive)."""
+    n = len(sigmas) - 1
+    final_zero = float(sigmas[-1]) == 0
+    if name in ("heun", "edm_stochastic"):
+        return 2 * n - final_zero
+    if name in ("dpm_solver_2", "dpm_solver_3"):
+        k = 2 if name == "dpm_solver_2" else 3
+        return k * n - (k - 1) * final_zero
+    if name == "pc":
+        return n + options.get("corrector_steps", 1) * (n - final_zero)
+    if name == "rk45":
+        return None
+    return n
+
+
+def sample(denoiser, x, sigmas, sampler: str = "dpmpp_2m", *, generator=None, callback=None,
+           progress: bool = False, **options):
+    """Integrate from ``x`` at ``sigmas[0]`` (pass ``x = sigmas[0] * noise``) to ``sigmas[-1]``.
+
+    ``sampler`` is a name in :data:`SAMPLERS`; ``options`` are that sampler's options (see
+    :func:`sampler_options`) and ``cond``, a dict of keyword arguments passed to every denoiser call.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    allowed = set(sampler_options(sampler)) | {"cond"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} has no option(s) {sorted(unknown)}; it accepts {sorted(allowed)}")
+    if len(sigmas) < 2:
+        raise ValueError("sigmas needs at least a start and an end value")
+    return SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback,
+                             progress=progress, **options)
+
+
+__all__ = ["SAMPLERS", "STOCHASTIC", "sample", "sampler_options", "denoiser_calls", *SAMPLERS]

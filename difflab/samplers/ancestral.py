@@ -1,0 +1,62 @@
+"""DDIM, DDPM and Euler ancestral: one denoising step to sigma_down plus fresh noise of std sigma_up.
+
+In the VE convention the three are the same update (``ancestral_step`` in ``_common``):
+
+    x' = D + sigma_down (x - D) / sigma + sigma_up z,   sigma_down^2 + sigma_up^2 = sigma'^2,
+
+with sigma_up = eta * sigma' sqrt(sigma^2 - sigma'^2) / sigma. DDIM (Song et al. 2021a, eq. 12) is
+any eta (0 by default: deterministic); DDPM's ancestral sampler (Ho et al. 2020, Alg. 2 with the
+posterior variance beta~) is eta = 1; Euler ancestral (Karras et al. 2022's name for it, as a step
+of Euler's method to sigma_down) is eta = 1 with an optional noise multiplier.
+"""
+from __future__ import annotations
+
+import math
+
+from ._common import ancestral_step, denoise, noise_like, report, steps
+
+
+def _ancestral_loop(denoiser, x, sigmas, eta, s_noise, generator, callback, progress, cond, name,
+                    upper_variance=False):
+    for i, s, s_next in steps(sigmas, progress, name):
+        d0 = denoise(denoiser, x, s, cond)
+        report(callback, i, x, s, s_next, d0)
+        if upper_variance and s_next > 0:
+            # DDPM's other fixed variance sigma_t^2 = beta_t (Ho et al. 2020, sec. 3.2) around the
+            # same posterior mean; beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} on the VP scale.
+            beta = (s**2 - s_next**2) / (1 + s**2)
+            x = d0 + (s_next / s) ** 2 * (x - d0)
+            x = x + math.sqrt(beta * (1 + s_next**2)) * noise_like(x, generator)
+            continue
+        sigma_down, sigma_up = ancestral_step(s, s_next, eta)
+        x = d0 + (sigma_down / s) * (x - d0)
+        if sigma_up > 0:
+            x = x + sigma_up * s_noise * noise_like(x, generator)
+    return x
+
+
+def ddim(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
+         eta: float = 0.0):
+    """DDIM (Song et al. 2021a, eq. 12 and 16) in the VE convention; eta = 0 is deterministic and
+    equals :func:`euler`, eta = 1 equals :func:`ddpm`. Denoiser calls: ``len(sigmas) - 1``."""
+    return _ancestral_loop(denoiser, x, sigmas, eta, 1.0, generator, callback, progress, cond, "ddim")
+
+
+def ddpm(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
+         variance: str = "posterior"):
+    """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) along ``sigmas`` (any subsequence of
+    the training steps, as in Nichol & Dhariwal 2021, sec. 4). ``variance="posterior"`` uses
+    beta~_t (= DDIM with eta = 1); ``"upper"`` uses beta_t (valid for VP models). No noise is added
+    on the last step to sigma = 0. Denoiser calls: ``len(sigmas) - 1``."""
+    if variance not in ("posterior", "upper"):
+        raise ValueError(f"variance must be 'posterior' or 'upper', got {variance!r}")
+    return _ancestral_loop(denoiser, x, sigmas, 1.0, 1.0, generator, callback, progress, cond, "ddpm",
+                           upper_variance=variance == "upper")
+
+
+def euler_ancestral(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
+                    eta: float = 1.0, s_noise: float = 1.0):
+    """Euler ancestral: an Euler step to sigma_down, then noise of std s_noise * sigma_up
+    (Karras et al. 2022, sec. 4 discussion of ancestral samplers). Denoiser calls: ``len(sigmas) - 1``."""
+    return _ancestral_loop(denoiser, x, sigmas, eta, s_noise, generator, callback, progress, cond,
+                           "euler_ancestral")
