@@ -275,9 +275,8 @@ class Encoder(nn.Module):
     convolution's and each stage's output), which the UNet's decoder consumes in reverse order.
     """
 
-    def __init__(self, config: EncoderConfig, emb_dim: int):
+    def __init__(self, cfg: EncoderConfig, emb_dim: int):
         super().__init__()
-        cfg = config
         block, attention = _block_builders(cfg, emb_dim)
         ch = cfg.base_channels * cfg.channel_mult[0]
         self.in_channels = cfg.in_channels
