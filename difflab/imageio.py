@@ -78,7 +78,7 @@ def save_scatter(
     Drawn on a bare Agg canvas (no pyplot), so it touches no global matplotlib state.
     """
     points = _as_points(points)
-    fig = Figure(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4.4 if reference is not None else 4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if reference is not None:
@@ -86,11 +86,10 @@ def save_scatter(
         ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.75", linewidths=0, label="reference")
     ax.scatter(points[:, 0], points[:, 1], s=2, c="C0", linewidths=0, label="samples")
     if reference is not None:
-        ax.legend(loc="upper right", markerscale=4)
+        fig.legend(loc="outside lower center", ncol=2, markerscale=4, frameon=False)
     if title:
         ax.set_title(title)
     ax.set_aspect("equal", adjustable="datalim")
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -160,6 +159,8 @@ def resize_crop(x: torch.Tensor, resolution: int) -> torch.Tensor:
     low-pass filter when downsampling), which cannot overshoot [-1, 1].
     """
     h, w = x.shape[-2:]
+    if h == w == resolution:
+        return x
     nh, nw, top, left = cover_crop(h, w, resolution)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)

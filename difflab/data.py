@@ -1,0 +1,477 @@
+"""Data sets: built-in (digits, shapes, 2-D toys) and user data (image folders, .npy / .npz).
+
+Everything is held in memory as one `Dataset`: images are float32 `(N, C, H, W)` in [-1, 1],
+points float32 `(N, D)`, labels int64 `(N,)` or None. `load_dataset(spec)` is the one entry point;
+`spec` is a name from `BUILTINS` or a path. Nothing is ever downloaded.
+
+Batching is a pure function of `(seed, step)` (`batch_indices`), so a training run resumed at
+step k draws exactly the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# A module import: imageio.py imports this module too (for DataError).
+from difflab import imageio
+
+
+class DataError(ValueError):
+    """A data set cannot be found or read; the message names the data set or path."""
+
+
+SPLITS = ("train", "test")
+DEFAULT_SIZE = {"train": 10_000, "test": 1_000}  # generated sets (toys, shapes)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+RANGE_TOLERANCE = 1e-3  # float images may exceed [-1, 1] by rounding error, not more
+
+
+@dataclass
+class Dataset:
+    """An in-memory data set: `x` images `(N, C, H, W)` or points `(N, D)`, `y` labels or None.
+
+    `num_classes` is inferred from `y` when not given; `class_names[k]` names label k.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    num_classes: int | None = None
+    name: str = "data"
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.x.ndim not in (2, 4) or len(self.x) == 0:
+            raise DataError(
+                f"{self.name}: need images (N, C, H, W) or points (N, D), got {tuple(self.x.shape)}"
+            )
+        if self.y is not None:
+            if self.y.shape != (len(self.x),) or self.y.dtype != torch.int64:
+                raise DataError(f"{self.name}: labels must be int64 of shape ({len(self.x)},)")
+            if self.num_classes is None:
+                self.num_classes = len(self.class_names) if self.class_names else int(self.y.max()) + 1
+            if self.y.min() < 0 or self.y.max() >= self.num_classes:
+                raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes})")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise DataError(
+                f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes"
+            )
+
+    @property
+    def kind(self) -> str:
+        """"image" for `(N, C, H, W)` data, "points" for `(N, D)`."""
+        return "image" if self.x.ndim == 4 else "points"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one sample: `(C, H, W)` or `(D,)`."""
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, batch_size: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Batch number `step` of the shuffled stream of `batch_indices`: `(x, y)`, y None if unlabelled."""
+        idx = batch_indices(len(self), batch_size, seed, step).to(self.x.device)
+        return self.x[idx], None if self.y is None else self.y[idx]
+
+    def batches(
+        self, batch_size: int, seed: int = 0, start_step: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Endless batches `batch(batch_size, seed, step)` for step = start_step, start_step + 1, ..."""
+        return (self.batch(batch_size, seed, step) for step in itertools.count(start_step))
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same data set with `x` and `y` on `device`."""
+        y = None if self.y is None else self.y.to(device)
+        return replace(self, x=self.x.to(device), y=y)
+
+    def info(self) -> dict:
+        """JSON-serialisable description (for a model's config.json)."""
+        names = None if self.class_names is None else list(self.class_names)
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "size": len(self),
+                "num_classes": self.num_classes, "class_names": names}
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices `(batch_size,)` of batch `step` of an endless shuffled stream over `range(n)`.
+
+    The stream is the concatenation P_0 P_1 P_2 ... of permutations of `range(n)`, P_e drawn from
+    a generator seeded by `(seed, e)` (as `torch.utils.data.DistributedSampler` reseeds with the
+    epoch), and batch k is its positions `[k B, (k + 1) B)`. Every batch is full, every sample is
+    seen once per epoch, `batch_size > n` is allowed, and the result is a pure function of the
+    arguments: resuming at step k needs only (seed, k).
+    """
+    if n < 1 or batch_size < 1 or step < 0 or seed < 0:
+        raise ValueError(
+            f"need n, batch_size >= 1 and seed, step >= 0; got {n=} {batch_size=} {seed=} {step=}"
+        )
+    start, stop = step * batch_size, (step + 1) * batch_size
+    first, last = start // n, (stop - 1) // n
+    stream = np.concatenate([_epoch_permutation(n, seed, e) for e in range(first, last + 1)])
+    return torch.from_numpy(stream[start - first * n : stop - first * n].copy())
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    perm.flags.writeable = False  # shared by the cache
+    return perm
+
+
+def _split_rng(seed: int, split: str) -> np.random.Generator:
+    """Independent generators for the train and test sets of one seed."""
+    return np.random.default_rng([seed, SPLITS.index(split)])
+
+
+def _subset(n: int, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a random subset of `size` of `range(n)` (all of them when size is None)."""
+    if size is None or size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+# --- 2-D toy sets (Grathwohl et al. 2019, FFJORD, lib/toy_data.py) ---------------------------------
+# Each returns (points, labels or None, number of classes) with points of mean 0 and unit variance
+# per coordinate on average, using the distribution's exact moments (not the sample's), so the
+# scaling does not depend on the sample size. Scaling is isotropic, keeping each shape's aspect.
+
+
+def _standardise(points: np.ndarray, mean: tuple[float, float], var: float) -> np.ndarray:
+    """(p - mean) / sqrt(var), with var the per-coordinate variance averaged over coordinates."""
+    return (points - np.asarray(mean)) / math.sqrt(var)
+
+
+def _moons(rng: np.random.Generator, n: int, noise: float = 0.1):
+    """Two interleaved half circles (sklearn's make_moons): (cos t, sin t) and (1 - cos t, 1/2 - sin t).
+
+    With t ~ U[0, pi] and the moon a fair coin: mean (1/2, 1/4), variances 3/4 and 9/16 - 1/pi.
+    """
+    y = rng.integers(0, 2, n)
+    t = rng.uniform(0, math.pi, n)
+    p = np.stack([np.cos(t), np.sin(t)], 1)
+    p[y == 1] = np.array([1.0, 0.5]) - p[y == 1]
+    p += noise * rng.standard_normal((n, 2))
+    var = (0.75 + 9 / 16 - 1 / math.pi) / 2 + noise**2
+    return _standardise(p, (0.5, 0.25), var), y, 2
+
+
+def _swissroll(rng: np.random.Generator, n: int, noise: float = 0.5):
+    """The 2-D swiss roll (t cos t, t sin t), t ~ U[3pi/2, 9pi/2] (sklearn's make_swiss_roll).
+
+    Moments: E[t cos t] = [t sin t + cos t]_a^b / (b - a), E[t sin t] = [sin t - t cos t]_a^b /
+    (b - a), E|p|^2 = E[t^2] = (b^3 - a^3) / (3 (b - a)).
+    """
+    a, b = 1.5 * math.pi, 4.5 * math.pi
+    t = rng.uniform(a, b, n)
+    p = np.stack([t * np.cos(t), t * np.sin(t)], 1) + noise * rng.standard_normal((n, 2))
+    mx = (b * math.sin(b) + math.cos(b) - a * math.sin(a) - math.cos(a)) / (b - a)
+    my = (math.sin(b) - b * math.cos(b) - math.sin(a) + a * math.cos(a)) / (b - a)
+    var = ((b**3 - a**3) / (3 * (b - a)) - mx**2 - my**2) / 2 + noise**2
+    return _standardise(p, (mx, my), var), None, None
+
+
+def _eight_gaussians(rng: np.random.Generator, n: int, noise: float = 0.2):
+    """Eight Gaussians N(mu_k, noise^2 I) at mu_k = r (cos k pi/4, sin k pi/4), label k.
+
+    Variance per coordinate is r^2 / 2 + noise^2, so r = sqrt(2 (1 - noise^2)) makes it 1.
+    """
+    y = rng.integers(0, 8, n)
+    r = math.sqrt(2 * (1 - noise**2))
+    angle = y * math.pi / 4
+    p = r * np.stack([np.cos(angle), np.sin(angle)], 1) + noise * rng.standard_normal((n, 2))
+    return p, y, 8
+
+
+def _checkerboard(rng: np.random.Generator, n: int):
+    """Uniform on the 8 black squares of a 4 x 4 board on [-2, 2]^2 (FFJORD's construction).
+
+    Both marginals are U[-2, 2], variance 4/3, so the board is scaled by sqrt(3)/2.
+    """
+    x1 = rng.uniform(-2, 2, n)
+    x2 = rng.uniform(0, 1, n) - 2 * rng.integers(0, 2, n) + np.floor(x1) % 2
+    return _standardise(np.stack([x1, x2], 1), (0.0, 0.0), 4 / 3), None, None
+
+
+def _rings(rng: np.random.Generator, n: int, noise: float = 0.1):
+    """Four concentric circles of radius k + 1 (label k, equally likely) plus N(0, noise^2 I).
+
+    Variance per coordinate: E[r^2] / 2 + noise^2 = 7.5 / 2 + noise^2.
+    """
+    y = rng.integers(0, 4, n)
+    angle = rng.uniform(0, 2 * math.pi, n)
+    p = (y + 1.0)[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
+    p += noise * rng.standard_normal((n, 2))
+    return _standardise(p, (0.0, 0.0), 3.75 + noise**2), y, 4
+
+
+TOY_SETS = {
+    "moons": _moons,
+    "swissroll": _swissroll,
+    "8gaussians": _eight_gaussians,
+    "checkerboard": _checkerboard,
+    "rings": _rings,
+}
+
+
+def _toy(name: str, split: str, size: int | None, seed: int) -> Dataset:
+    points, labels, num_classes = TOY_SETS[name](_split_rng(seed, split), size or DEFAULT_SIZE[split])
+    y = None if labels is None else torch.from_numpy(labels).long()
+    return Dataset(torch.from_numpy(points).float(), y, num_classes, name)
+
+
+# --- Images --------------------------------------------------------------------------------------
+
+
+def _digits(split: str, size: int | None, seed: int) -> Dataset:
+    """scikit-learn's 8 x 8 handwritten digits (UCI, Alpaydin & Kaynak 1998), 1,797 images 0..16.
+
+    A fixed stratified split (random_state=0): 1,497 train / 300 test images. Pixels map to
+    [-1, 1] by v / 8 - 1; `seed` only picks the subset when `size` is given.
+    """
+    # Imported here: scikit-learn takes a second to import and only this data set needs it.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    train, test = train_test_split(
+        np.arange(len(digits.target)), test_size=300, stratify=digits.target, random_state=0
+    )
+    idx = np.sort(train if split == "train" else test)
+    idx = idx[_subset(len(idx), size, seed)]
+    x = torch.from_numpy(digits.images[idx]).float()[:, None] / 8 - 1
+    y = torch.from_numpy(digits.target[idx]).long()
+    return Dataset(x, y, 10, "digits", tuple(str(k) for k in range(10)))
+
+
+SHAPE_KINDS = ("circle", "square", "triangle", "cross")
+
+
+def _box(u: np.ndarray, v: np.ndarray, a, b) -> np.ndarray:
+    """Signed distance (exact inside and along the edges) to the box |u| <= a, |v| <= b."""
+    return np.maximum(np.abs(u) - a, np.abs(v) - b)
+
+
+def _shape_sdf(kind: np.ndarray, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Signed distance (< 0 inside) to each image's shape, centred, in its own rotated frame (u, v).
+
+    Every shape fits in the circle of radius r: a square of half side r / sqrt 2, an equilateral
+    triangle of circumradius r (the max of its three edge half-planes, inradius r / 2), and a
+    plus sign of arms 0.9 r x 0.3 r (the min of two boxes). See Quilez, "2D distance functions".
+    """
+    angles = math.pi / 2 + 2 * math.pi * np.arange(3) / 3
+    edges = np.stack([u * math.cos(t) + v * math.sin(t) for t in angles]).max(0) - r / 2
+    sdf = {
+        "circle": np.hypot(u, v) - r,
+        "square": _box(u, v, r / math.sqrt(2), r / math.sqrt(2)),
+        "triangle": edges,
+        "cross": np.minimum(_box(u, v, 0.9 * r, 0.3 * r), _box(u, v, 0.3 * r, 0.9 * r)),
+    }
+    return np.select([kind == k for k in range(len(SHAPE_KINDS))], [sdf[k] for k in SHAPE_KINDS])
+
+
+def _shapes(split: str, size: int | None, seed: int, resolution: int = 32) -> Dataset:
+    """Coloured shapes (`SHAPE_KINDS`, label = kind) of random size, position, rotation and colour
+    on a plain background of a clearly different colour (RGB distance >= 0.5), rendered with
+    analytic anti-aliasing: coverage = clip(1/2 - sdf, 0, 1), sdf in pixels.
+    """
+    rng, n = _split_rng(seed, split), size or DEFAULT_SIZE[split]
+    kind = rng.integers(0, len(SHAPE_KINDS), n)
+    r = rng.uniform(5 / 32, 13 / 32, n)  # radius, in units of the image side
+    centre = rng.uniform(r + 1 / 32, 1 - r - 1 / 32, (2, n)).T
+    angle = rng.uniform(0, 2 * math.pi, n)
+    fg, bg = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
+    while (close := np.linalg.norm(fg - bg, axis=1) < 0.5).any():
+        bg[close] = rng.uniform(0, 1, (close.sum(), 3))
+    pixel = (np.arange(resolution) + 0.5) / resolution
+    images = np.empty((n, 3, resolution, resolution), np.float32)
+    for s in range(0, n, 1000):  # in chunks, to bound the memory of the (chunk, H, W) temporaries
+        c = slice(s, s + 1000)
+        dx = pixel[None, None, :] - centre[c, 0, None, None]
+        dy = pixel[None, :, None] - centre[c, 1, None, None]
+        cos, sin = np.cos(angle[c])[:, None, None], np.sin(angle[c])[:, None, None]
+        u, v = cos * dx + sin * dy, cos * dy - sin * dx
+        sdf = _shape_sdf(kind[c, None, None], u, v, r[c, None, None]) * resolution
+        alpha = np.clip(0.5 - sdf, 0, 1)[:, None]
+        images[c] = fg[c, :, None, None] * alpha + bg[c, :, None, None] * (1 - alpha)
+    x = torch.from_numpy(images) * 2 - 1
+    return Dataset(x, torch.from_numpy(kind).long(), len(SHAPE_KINDS), "shapes", SHAPE_KINDS)
+
+
+BUILTINS = ("digits", "shapes", *TOY_SETS)
+
+
+# --- User data -----------------------------------------------------------------------------------
+
+
+def _load_folder(
+    root: Path, resolution: int | None, channels: int | None, size: int | None, seed: int
+) -> Dataset:
+    """Every png/jpg/jpeg/webp file below `root` (hidden files skipped); labels = sorted names of
+    the top-level sub-folders when every image lies in one. Unreadable files are skipped with a
+    warning. Without `resolution`, images of differing sizes are cropped to the smallest side.
+    """
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    folders = [p.relative_to(root).parts[0] if p.parent != root else None for p in files]
+    class_names = None if None in folders else tuple(sorted(set(folders)))
+    keep = _subset(len(files), size, seed)
+
+    images, labels, broken = [], [], []
+    for i in keep:
+        try:
+            images.append(imageio.load_image(files[i], resolution, channels))
+        except DataError:
+            broken.append(files[i].relative_to(root).as_posix())
+            continue
+        if class_names:
+            labels.append(class_names.index(folders[i]))
+    if broken:
+        shown = ", ".join(broken[:5]) + (", ..." if len(broken) > 5 else "")
+        warnings.warn(
+            f"{root}: skipped {len(broken)} of {len(keep)} image files that could not be read: {shown}",
+            stacklevel=3,
+        )
+    if not images:
+        raise DataError(f"{root}: none of the {len(keep)} image files could be read")
+
+    channels = max(img.shape[0] for img in images)  # with channels=None, any colour file makes all RGB
+    sides = {img.shape[1:] for img in images}
+    if len(sides) > 1:
+        side = min(min(s) for s in sides)
+        warnings.warn(f"{root}: images have different sizes; resized and centre-cropped to {side}x{side}"
+                      " (pass a resolution to choose)", stacklevel=3)
+        images = [imageio.resize_crop(img[None], side)[0] for img in images]
+    x = torch.stack([img.expand(channels, -1, -1) for img in images])
+    y = torch.tensor(labels, dtype=torch.int64) if class_names else None
+    return Dataset(x, y, len(class_names) if class_names else None, root.name, class_names)
+
+
+def _load_array(path: Path, size: int | None, seed: int) -> Dataset:
+    """A .npy array, or a .npz with data under `x`, `images` or `arr_0` and labels under `y` or `labels`.
+
+    uint8 images map from [0, 255] to [-1, 1]; float images must lie in [-1, 1]; (N, H, W, C) with
+    C in {1, 3, 4} (and the second axis not) is transposed to (N, C, H, W); (N, H, W) gets one
+    channel; (N, D) is points, of any range.
+    """
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the array ({e})") from e
+    if isinstance(arrays, np.lib.npyio.NpzFile):
+        with arrays:
+            x_key = next((k for k in ("x", "images", "arr_0") if k in arrays.files), None)
+            if x_key is None:
+                found = ", ".join(arrays.files)
+                raise DataError(f"{path}: no array named x, images or arr_0 (found {found})")
+            y_key = next((k for k in ("y", "labels") if k in arrays.files), None)
+            x, labels = arrays[x_key], arrays[y_key] if y_key else None
+    else:
+        x, labels = arrays, None
+    x = _array_to_tensor(x, path)
+    y = None
+    if labels is not None:
+        if labels.shape != (len(x),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            raise DataError(f"{path}: labels must be non-negative integers of shape ({len(x)},), "
+                            f"got {labels.dtype} {labels.shape}")
+        y = torch.from_numpy(labels).long()
+    idx = torch.from_numpy(_subset(len(x), size, seed))
+    return Dataset(x[idx], None if y is None else y[idx], name=path.stem)
+
+
+def _array_to_tensor(x: np.ndarray, path: Path) -> torch.Tensor:
+    """Images to float (N, C, H, W) in [-1, 1], points to float (N, D); see `_load_array`."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim not in (2, 4) or len(x) == 0:
+        raise DataError(
+            f"{path}: need images (N, C, H, W), (N, H, W, C), (N, H, W) or points (N, D); got {x.shape}"
+        )
+    if x.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{path}: unsupported dtype {x.dtype}; use uint8 in [0, 255] or float in [-1, 1]")
+    x = torch.from_numpy(np.ascontiguousarray(x)).float()
+    if not torch.isfinite(x).all():
+        raise DataError(f"{path}: the array holds NaN or infinite values")
+    if x.ndim == 2:
+        return x
+    lo, hi = x.min().item(), x.max().item()
+    if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        raise DataError(f"{path}: float images must lie in [-1, 1], found values in [{lo:.4g}, {hi:.4g}]")
+    return x.clamp(-1, 1)
+
+
+def _conform(ds: Dataset, resolution: int | None, channels: int | None) -> Dataset:
+    """Resize / convert an image data set to the requested resolution and channels."""
+    if ds.kind == "points":
+        if resolution is not None or channels is not None:
+            raise DataError(f"{ds.name} is a set of points; resolution and channels apply to images only")
+        return ds
+    x = ds.x if resolution is None else imageio.resize_crop(ds.x, resolution)
+    x = x if channels is None else imageio.convert_channels(x, channels)
+    return ds if x is ds.x else replace(ds, x=x)
+
+
+def load_dataset(
+    spec: str | Path,
+    *,
+    split: str = "train",
+    resolution: int | None = None,
+    channels: int | None = None,
+    size: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Load a built-in data set (a name in `BUILTINS`) or user data (a folder, .npy or .npz path).
+
+    split: "train" or "test" for built-ins; user data is all "train" (pass a test set's own path).
+    resolution: images are resized (shorter side) and centre-cropped to resolution^2.
+    channels: 1 (grayscale) or 3 (RGB); default: as stored (folders: 1 if every file is gray).
+    size: generated sets (toys, shapes) have this many samples (default 10,000 train / 1,000
+        test); stored sets are reduced to a random subset of at most this many.
+    seed: the generated samples (toys, shapes) and the subset chosen by `size`.
+    Raises DataError for an unknown name, a missing or unreadable path, or invalid contents.
+    """
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if size is not None and size < 1:
+        raise DataError(f"size must be positive, got {size}")
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    if resolution is not None and resolution < 1:
+        raise DataError(f"resolution must be positive, got {resolution}")
+    if spec in TOY_SETS:
+        ds = _toy(spec, split, size, seed)
+    elif spec == "digits":
+        ds = _digits(split, size, seed)
+    elif spec == "shapes":
+        ds = _shapes(split, size, seed, resolution or 32)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise DataError(f"unknown data set {str(spec)!r}: not a built-in ({', '.join(BUILTINS)}) "
+                            "and no such file or folder")
+        if split != "train":
+            raise DataError(f"{path}: user data has no {split!r} split; pass the {split} set's own path")
+        if path.is_dir():
+            ds = _load_folder(path, resolution, channels, size, seed)
+        elif path.suffix.lower() in (".npy", ".npz"):
+            ds = _load_array(path, size, seed)
+        else:
+            raise DataError(f"{path}: unsupported data file; use a folder of images, a .npy or a .npz")
+    return _conform(ds, resolution, channels)
