@@ -286,6 +286,8 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
 
 def loglinear_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     """Uniform in log-SNR, i.e. geometric in sigma (the "logSNR" steps of Lu et al. 2022, sec. 3.3)."""
+    if n < 1:
+        raise ValueError(f"need at least one step, got n={n}")
     sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
     return _append_zero(sigmas).float()
 
@@ -311,7 +313,7 @@ def discrete_sigmas(schedule: DiscreteVP, n: int, spacing: str = "trailing") -> 
     """Sigmas at n of the T integer timesteps of a discrete schedule (DDIM, Song et al. 2021a),
     with the spacings compared by Lin et al. (2024, Table 2):
     ``linspace`` rounds linspace(0, T-1, n); ``leading`` takes 0, T/n, 2T/n, ...;
-    ``trailing`` takes T-1, T-1-T/n, ... (always includes the last, noisiest step)."""
+    ``trailing`` takes round(T - i T/n) - 1 = T-1, ... (always includes the last, noisiest step)."""
     T = schedule.T
     if not 1 <= n <= T:
         raise ValueError(f"n must be in [1, {T}], got {n}")
@@ -320,7 +322,9 @@ def discrete_sigmas(schedule: DiscreteVP, n: int, spacing: str = "trailing") -> 
     elif spacing == "leading":
         steps = torch.arange(n, dtype=torch.long) * (T // n)
     elif spacing == "trailing":
-        steps = (T - 1 - torch.arange(n, dtype=torch.float64) * (T / n)).round().long().flip(0)
+        # Round the 1-indexed step T - i T/n, then shift: rounding T-1 - i T/n instead differs
+        # at half-integers (e.g. n = 16), where round-half-to-even goes the other way.
+        steps = ((T - torch.arange(n, dtype=torch.float64) * (T / n)).round() - 1).long().flip(0)
     else:
         raise ValueError(f"unknown spacing {spacing!r}; choose linspace, leading or trailing")
     return _append_zero(schedule.sigmas[steps.flip(0)]).float()
