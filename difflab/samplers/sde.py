@@ -30,17 +30,18 @@ def em(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, co
     return x
 
 
-def _per_sample_norm(v):
-    return v.reshape(v.shape[0], -1).norm(dim=1).reshape((-1,) + (1,) * (v.ndim - 1))
+def _mean_norm(v):
+    return v.reshape(v.shape[0], -1).norm(dim=1).mean()
 
 
 def langevin_step(denoiser, x, s, snr, generator, cond):
     """One corrector step of annealed Langevin dynamics at noise level s with the step size set by a
     signal-to-noise ratio (Song et al. 2021, Algorithm 5): eps = 2 (snr |z| / |score|)^2,
-    x' = x + eps score + sqrt(2 eps) z (norms per sample)."""
+    x' = x + eps score + sqrt(2 eps) z. The norms are batch means of per-sample norms, as in the
+    paper's code: a per-sample ratio explodes for samples sitting where the score vanishes."""
     score = (denoise(denoiser, x, s, cond) - x) / s**2
     z = noise_like(x, generator)
-    step = 2 * (snr * _per_sample_norm(z) / _per_sample_norm(score).clamp_min(torch.finfo(x.dtype).tiny)) ** 2
+    step = 2 * (snr * _mean_norm(z) / _mean_norm(score).clamp_min(torch.finfo(x.dtype).tiny)) ** 2
     return x + step * score + (2 * step).sqrt() * z
 
 
