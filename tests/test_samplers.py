@@ -28,21 +28,26 @@ def rms(a, b):
     return float((a - b).square().mean().sqrt())
 
 
-ORDERS = [("euler", 1), ("ddim", 1), ("dpm_solver_1", 1), ("heun", 2), ("dpm_solver_2", 2),
-          ("dpmpp_2m", 2), ("dpm_solver_3", 3), ("dpmpp_3m", 3), ("unipc", 3)]
+# (sampler, options, theoretical order). DPM-Solver++(3M) as published ("official") is formally
+# second order (docs/samplers.md); its "taylor" variant is third order. UniPC-3's corrector raises
+# its order to 4 (Zhao et al. 2023, Theorem 3.3), hence its wider upper margin.
+ORDERS = [("euler", {}, 1), ("ddim", {}, 1), ("dpm_solver_1", {}, 1), ("heun", {}, 2),
+          ("dpm_solver_2", {}, 2), ("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 2),
+          ("dpm_solver_3", {}, 3), ("dpmpp_3m", {"variant": "taylor"}, 3), ("unipc", {}, 3)]
 
 
-@pytest.mark.parametrize("name,order", ORDERS)
-def test_convergence_order(problem, name, order):
+@pytest.mark.parametrize("name,opts,order", ORDERS)
+def test_convergence_order(problem, name, opts, order):
     """The log-log slope of the error between 20 and 50 steps (Karras sigmas) is the method's order.
 
     The window is pre-asymptotic for the third-order solvers (dpm_solver_3 measures 2.6 here and
     2.75 between 50 and 100 steps), hence the lower margin of 0.5: still far from the next order down."""
     gmm, x_T, ref = problem
-    errs = [rms(difflab.sample(gmm, x_T.clone(), difflab.karras_sigmas(n, SMIN, SMAX).double(), name), ref)
+    errs = [rms(difflab.sample(gmm, x_T.clone(), difflab.karras_sigmas(n, SMIN, SMAX).double(), name, **opts), ref)
             for n in (20, 50)]
     slope = math.log(errs[0] / errs[1]) / math.log(50 / 20)
-    assert order - 0.5 < slope < order + 1.2, (name, errs, slope)
+    upper = order + (1.6 if name == "unipc" else 0.6)
+    assert order - 0.5 < slope < upper, (name, opts, errs, slope)
 
 
 def test_reference_is_converged(problem):
