@@ -45,8 +45,8 @@ def _coefficients(rs: list[float], h: float) -> list[float]:
 def unipc(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
           order: int = 3, corrector: bool = True, lower_order_final: bool = True):
     """UniPC-p with the bh2 B(h) (Zhao et al. 2023, Algorithms 1-2). The order ramps up over the first
-    steps and, with ``lower_order_final`` and fewer than 15 steps, down again over the last ones
-    (order <= steps left, as in the paper's code); the corrector is skipped on the step into the
+    steps and, with ``lower_order_final``, down again over the last ones (order <= steps left, as in
+    the authors' code, for any number of steps); the corrector is skipped on the step into the
     last positive sigma, whose denoised value then serves the final step to sigma = 0 (x' = D).
     Denoiser calls: ``len(sigmas) - 1``."""
     hist = []  # (lambda, D) of earlier points, newest last
@@ -61,7 +61,7 @@ def unipc(denoiser, x, sigmas, *, generator=None, callback=None, progress=False,
             x = d0
             continue
         lam, h = -math.log(s), math.log(s / s_next)
-        p = min(order, len(hist) + 1, n - i if lower_order_final and n < 15 else order)
+        p = min(order, len(hist) + 1, n - i if lower_order_final else order)
         rs = [(lm - lam) / h for lm, _ in hist[len(hist) - (p - 1):]] if p > 1 else []
         diffs = [(dm - d0) / r for (_, dm), r in zip(hist[len(hist) - (p - 1):], rs)] if p > 1 else []
         decay = -math.expm1(-h)
