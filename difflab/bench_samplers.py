@@ -223,6 +223,8 @@ def best_at(rows, problem, calls=10):
 def run(out_dir="benchmarks/samplers", problems=("gmm2d", "gmm64"), n_eval=1000, n_stochastic=4000,
         optimise=True, log=print):
     """Run the whole benchmark, write CSVs and plots under ``out_dir``, print markdown tables."""
+    # The mixtures' matmuls are tiny: one thread avoids thread start-up costs that dominate them.
+    torch.set_num_threads(1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "optimised_sigmas.json"
