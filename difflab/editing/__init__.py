@@ -1,0 +1,22 @@
+"""Editing and inverse problems with an unconditional (or conditional) denoiser.
+
+Every editor is a plain function ``editor(denoiser, input, sigmas, *, options) -> x`` over the
+Denoiser contract of DESIGN.md, usable with any trained model or exact oracle:
+
+- :func:`inpaint`: the replacement method (Song et al. 2021) and RePaint (Lugmayr et al. 2022);
+- :func:`sdedit`: SDEdit (Meng et al. 2022);
+- :func:`ilvr`: ILVR (Choi et al. 2021);
+- :func:`invert`, :func:`reconstruct`: DDIM / probability-flow ODE inversion (Song et al. 2021a);
+- :func:`ddrm`: DDRM (Kawar et al. 2022) with the operators :class:`Inpainting`,
+  :class:`SuperResolution` and :class:`Colorization`.
+
+See docs/editing.md for the mathematics, conventions and what is approximate.
+"""
+from .ddrm import Colorization, Inpainting, LinearOperator, SuperResolution, ddrm
+from .ilvr import ilvr, low_pass
+from .inpaint import inpaint, repaint_schedule, replaced_denoiser
+from .inversion import invert, reconstruct
+from .sdedit import sdedit
+
+__all__ = ["inpaint", "replaced_denoiser", "repaint_schedule", "sdedit", "ilvr", "low_pass", "invert",
+           "reconstruct", "ddrm", "LinearOperator", "Inpainting", "SuperResolution", "Colorization"]
