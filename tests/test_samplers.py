@@ -198,3 +198,16 @@ def test_ring_problem_first_step_is_data_mean():
     gmm = ring_mixture()
     x = SMAX * torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert gmm.denoiser(x, torch.full((16,), 1e4, dtype=torch.float64)).abs().max() < 1e-2
+
+
+def test_ddpm_variance_callable_matches_fixed_variances(problem):
+    """A variance given as a callable goes through the same posterior mean: the posterior variance
+    s'^2 (s^2 - s'^2) / s^2 as a callable reproduces variance="posterior" for the same noise."""
+    gmm, x_T, _ = problem
+    sig = difflab.karras_sigmas(12, SMIN, SMAX).double()
+    a = difflab.sample(gmm, x_T.clone(), sig, "ddpm", generator=torch.Generator().manual_seed(3))
+    b = difflab.sample(gmm, x_T.clone(), sig, "ddpm", generator=torch.Generator().manual_seed(3),
+                       variance=lambda x, s, s_next: s_next**2 * (s**2 - s_next**2) / s**2)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="variance"):
+        difflab.sample(gmm, x_T, sig, "ddpm", variance="learned-ish")

@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ._common import ancestral_step, denoise, noise_like, report, steps
 
 
+def _upper_variance(x, s, s_next):
+    """DDPM's other fixed variance sigma_t^2 = beta_t (Ho et al. 2020, sec. 3.2) on the VE scale:
+    beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} = (s^2 - s'^2)/(1 + s^2), divided by alpha_bar_{t-1}."""
+    return (s**2 - s_next**2) / (1 + s**2) * (1 + s_next**2)
+
+
 def _ancestral_loop(denoiser, x, sigmas, eta, s_noise, generator, callback, progress, cond, name,
-                    upper_variance=False):
+                    variance_fn=None):
     for i, s, s_next in steps(sigmas, progress, name):
         d0 = denoise(denoiser, x, s, cond)
         report(callback, i, x, s, s_next, d0)
-        if upper_variance and s_next > 0:
-            # DDPM's other fixed variance sigma_t^2 = beta_t (Ho et al. 2020, sec. 3.2) around the
-            # same posterior mean; beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} on the VP scale.
-            beta = (s**2 - s_next**2) / (1 + s**2)
+        if variance_fn is not None and s_next > 0:
+            # The posterior mean with another reverse variance (fixed, learned or analytic).
             x = d0 + (s_next / s) ** 2 * (x - d0)
-            x = x + math.sqrt(beta * (1 + s_next**2)) * noise_like(x, generator)
+            var = variance_fn(x, s, s_next)
+            x = x + (torch.as_tensor(var, dtype=x.dtype, device=x.device).sqrt() * noise_like(x, generator)
+                     if torch.is_tensor(var) else math.sqrt(var) * noise_like(x, generator))
             continue
         sigma_down, sigma_up = ancestral_step(s, s_next, eta)
         x = d0 + (sigma_down / s) * (x - d0)
@@ -43,15 +51,22 @@ def ddim(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, 
 
 
 def ddpm(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
-         variance: str = "posterior"):
+         variance="posterior"):
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) along ``sigmas`` (any subsequence of
-    the training steps, as in Nichol & Dhariwal 2021, sec. 4). ``variance="posterior"`` uses
-    beta~_t (= DDIM with eta = 1); ``"upper"`` uses beta_t (valid for VP models). No noise is added
-    on the last step to sigma = 0. Denoiser calls: ``len(sigmas) - 1``."""
-    if variance not in ("posterior", "upper"):
-        raise ValueError(f"variance must be 'posterior' or 'upper', got {variance!r}")
+    the training steps, as in Nichol & Dhariwal 2021, sec. 4): x' = posterior mean + noise.
+    ``variance="posterior"`` uses beta~_t (= DDIM with eta = 1); ``"upper"`` uses beta_t (VP models);
+    a callable ``fn(x, sigma, sigma_next)`` gives the noise variance on the VE scale — learned
+    (Nichol & Dhariwal 2021) or Analytic-DPM (Bao et al. 2022) variances, see
+    ``difflab.likelihood.ancestral_variance``. No noise is added on the last step to sigma = 0.
+    Denoiser calls: ``len(sigmas) - 1``."""
+    if callable(variance):
+        fn = variance
+    elif variance in ("posterior", "upper"):
+        fn = _upper_variance if variance == "upper" else None
+    else:
+        raise ValueError(f"variance must be 'posterior', 'upper' or a callable, got {variance!r}")
     return _ancestral_loop(denoiser, x, sigmas, 1.0, 1.0, generator, callback, progress, cond, "ddpm",
-                           upper_variance=variance == "upper")
+                           variance_fn=fn)
 
 
 def euler_ancestral(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
