@@ -169,30 +169,47 @@ def _write_csv(rows, path: Path):
 
 
 def _plot(rows, problem, path: Path):
+    """Log-log error vs calls: one colour per algorithm; diffusers as crosses on difflab's colour,
+    optimised schedules as stars on a dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     series = {}
     for r in rows:
         if r["problem"] == problem and r["schedule"] in ("karras", "optimised"):
             series.setdefault((r["sampler"], r["schedule"]), []).append((r["calls"], r["error"]))
+    labels = list(DETERMINISTIC)
+    colours = plt.get_cmap("tab10")
     for (sampler, schedule), pts in sorted(series.items()):
         pts.sort()
-        style = "--" if sampler.startswith("diffusers:") else (":" if schedule == "optimised" else "-")
-        marker = "*" if schedule == "optimised" else "o"
-        label = sampler + (" (optimised sigmas)" if schedule == "optimised" else "")
-        ax.loglog(*zip(*pts), style, marker=marker, ms=4, label=label)
+        base = sampler.removeprefix("diffusers:")
+        colour = colours(labels.index(base) % 10) if base in labels else "k"
+        if sampler.startswith("diffusers:"):
+            ax.loglog(*zip(*pts), "x", color=colour, ms=8, label=sampler)
+        elif schedule == "optimised":
+            ax.loglog(*zip(*pts), ":", marker="*", ms=9, color=colour, label=f"{sampler}, optimised sigmas")
+        else:
+            ax.loglog(*zip(*pts), "-", marker="o", ms=3, color=colour, label=sampler)
     ax.set_xlabel("denoiser calls")
     ax.set_ylabel("RMS error per dimension vs reference ODE solution")
-    ax.set_title(f"{problem}: error vs calls (Karras sigmas, rho=7, 0.002..80)")
+    ax.set_title(f"{problem}: error vs calls (lines: Karras sigmas, rho=7, 0.002..80)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_from_csv(csv_path, out_dir=None):
+    """Redraw the error plots from a ``deterministic.csv`` written by :func:`run`."""
+    with open(csv_path) as f:
+        rows = [dict(r, calls=int(r["calls"]), steps=int(r["steps"]), error=float(r["error"])) for r in csv.DictReader(f)]
+    out = Path(out_dir or Path(csv_path).parent)
+    for p in sorted({r["problem"] for r in rows}):
+        _plot(rows, p, out / f"errors_{p}.png")
 
 
 def format_error_table(rows, problem, schedule="karras", calls=CALLS) -> str:
