@@ -1,0 +1,342 @@
+"""Training configuration: one plain dataclass, named presets, and TOML files.
+
+A :class:`TrainConfig` is data only (JSON / TOML serialisable, no objects): the network is a
+``build_network`` kind plus its config dict, the schedule is ``Schedule.to_dict()`` output. The
+network's data-dependent fields (``in_channels``, ``resolution``, ``dim``, ``num_classes``) are
+filled in from the data set by :func:`difflab.train.train`, and the resolved config is what a
+model directory's ``config.json`` stores.
+
+A TOML file holds TrainConfig fields as top-level keys and ``[net]`` / ``[schedule]`` tables; a
+``preset = "NAME"`` key starts from that preset, and the tables update the preset's dicts key by
+key. TOML has no null: a key left out keeps the preset's (or the default) value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .nets import UNET_PRESETS, MLPConfig
+from .samplers import SAMPLERS
+from .schedules import EDM, DiscreteVP, make_schedule
+
+__all__ = ["TrainConfig", "PRESETS", "load_config", "save_config", "config_from_dict"]
+
+NETWORKS = ("unet", "mlp")
+TRAIN_PREDICTIONS = ("eps", "x0", "v", "edm")
+WEIGHTINGS = ("uniform", "min_snr", "edm")
+PRECISIONS = ("fp32", "bf16")
+_DICT_FIELDS = ("net", "schedule")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Counts of 0 switch a feature off
+    (``grad_clip``, ``warmup_steps``, ``ckpt_every`` (then only the final checkpoint),
+    ``sample_every``, ``weight_decay``).
+
+    ``batch_size`` is the global batch per optimizer step, split over ``grad_accum`` micro-batches
+    and the processes of a multi-process run. ``num_classes`` (None: unconditional) makes the model
+    class-conditional; ``cond_drop`` replaces a label by the null class with that probability, for
+    classifier-free guidance (Ho & Salimans 2022, Algorithm 1). ``P_mean``, ``P_std``: the lognormal
+    training sigmas of EDM schedules (Karras et al. 2022, sec. 5); ``min_snr_gamma``: the gamma of
+    min-SNR weighting (Hang et al. 2023); ``sigma_data``: EDM preconditioning and weighting.
+    """
+
+    preset: str = "custom"
+    data: str | None = None
+    resolution: int | None = None
+    channels: int | None = None
+    network: str = "unet"
+    net: dict = field(default_factory=dict)
+    schedule: dict = field(default_factory=lambda: EDM().to_dict())
+    prediction: str = "edm"
+    weighting: str = "edm"
+    min_snr_gamma: float = 5.0
+    sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    batch_size: int = 64
+    grad_accum: int = 1
+    steps: int = 10_000
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    precision: str = "fp32"
+    seed: int = 0
+    ckpt_every: int = 1000
+    sample_every: int = 1000
+    log_every: int = 50
+    num_classes: int | None = None
+    cond_drop: float = 0.0
+    sample_sampler: str = "dpmpp_2m"
+    sample_steps: int = 20
+
+    def __post_init__(self):
+        for name, hint in _hints().items():
+            object.__setattr__(self, name, _check_type(name, getattr(self, name), hint))
+        object.__setattr__(self, "net", dict(self.net))
+        object.__setattr__(self, "schedule", dict(self.schedule))
+        _validate(self)
+
+    def to_dict(self) -> dict:
+        """Plain JSON data (tuples become lists, dicts are copied)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are a ValueError, missing keys take defaults."""
+        names = set(_hints())
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys are {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **overrides) -> TrainConfig:
+        """A copy with ``overrides``; string values (from a command line) are converted to the
+        field's type: ``"1e-4"`` -> float, ``"none"`` -> None, ``"0.9,0.99"`` -> tuple, JSON for
+        dicts. A dotted key ``"net.base_channels"`` sets one entry of a dict field."""
+        values = self.to_dict()
+        hints = _hints()
+        for key, value in overrides.items():
+            name, _, sub = key.partition(".")
+            if name not in hints or (sub and name not in _DICT_FIELDS):
+                raise ValueError(f"unknown TrainConfig key {key!r}; valid keys are {sorted(hints)}")
+            if sub:
+                values[name][sub] = _parse_like(key, value, values[name].get(sub))
+            else:
+                values[name] = _coerce(name, value, hints[name])
+        return TrainConfig.from_dict(values)
+
+
+def _hints() -> dict:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_type(name: str, value, hint):
+    """Accept ``value`` for a field of type ``hint`` (ints for floats, integral floats for ints,
+    lists for tuples), else raise a ValueError naming the field."""
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    base_origin = typing.get_origin(base) or base
+    if base is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if base_origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(float(v) for v in value)
+    if isinstance(value, base_origin) and not (base is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"TrainConfig.{name} must be of type {hint}, got {value!r}")
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _coerce(name: str, value, hint):
+    """Convert a command-line string to the type ``hint``; other values pass through unchanged."""
+    if not isinstance(value, str):
+        return value
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value.strip().lower() in ("none", "null"):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    try:
+        if hint is bool:
+            return _BOOLS[value.strip().lower()]
+        if hint is int:
+            return _parse_int(value)
+        if hint is float:
+            return float(value)
+        if typing.get_origin(hint) is tuple:
+            return tuple(float(v) for v in value.strip("()[] ").split(","))
+        if hint is dict:
+            return json.loads(value)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"TrainConfig.{name}: cannot read {value!r} as {hint}") from e
+    return value
+
+
+def _parse_int(text: str) -> int:
+    """``"64"``, ``"1e5"``, ``"100_000"`` -> int; a non-integral number is a ValueError."""
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)
+        if not number.is_integer():
+            raise
+        return int(number)
+
+
+def _parse_like(key: str, value, current):
+    """A string for a dict entry, converted like the entry's current value (JSON if unknown)."""
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    try:
+        if value.strip().lower() in ("none", "null"):
+            return None
+        if isinstance(current, bool):
+            return _BOOLS[value.strip().lower()]
+        return json.loads(value)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{key}: cannot read {value!r}") from e
+
+
+def _validate(c: TrainConfig) -> None:
+    """Range and choice checks, each a one-sentence ValueError."""
+    choices = {"network": NETWORKS, "prediction": TRAIN_PREDICTIONS, "weighting": WEIGHTINGS,
+               "precision": PRECISIONS}
+    for name, allowed in choices.items():
+        if getattr(c, name) not in allowed:
+            raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
+    for name in ("batch_size", "grad_accum", "steps", "log_every", "sample_steps"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(c, name)}")
+    for name in ("warmup_steps", "ckpt_every", "sample_every", "seed", "grad_clip", "weight_decay"):
+        if getattr(c, name) < 0:
+            raise ValueError(f"TrainConfig.{name} must be non-negative, got {getattr(c, name)}")
+    for name in ("lr", "sigma_data", "P_std", "min_snr_gamma"):
+        if not getattr(c, name) > 0 or not math.isfinite(getattr(c, name)):
+            raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(c, name)}")
+    if not 0 <= c.ema_decay < 1:
+        raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1), got {c.ema_decay}")
+    if len(c.betas) != 2 or not all(0 <= b < 1 for b in c.betas):
+        raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {c.betas}")
+    if not 0 <= c.cond_drop < 1:
+        raise ValueError(f"TrainConfig.cond_drop must lie in [0, 1), got {c.cond_drop}")
+    if c.num_classes is not None and c.num_classes < 1:
+        raise ValueError(f"TrainConfig.num_classes must be positive or None, got {c.num_classes}")
+    if c.cond_drop > 0 and c.num_classes is None:
+        raise ValueError("TrainConfig.cond_drop needs a class-conditional model (set num_classes)")
+    if c.sample_sampler not in SAMPLERS:
+        raise ValueError(f"TrainConfig.sample_sampler {c.sample_sampler!r} is not one of {', '.join(SAMPLERS)}")
+    try:
+        make_schedule(c.schedule)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"TrainConfig.schedule {c.schedule} is not a valid schedule ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+
+def _presets() -> dict[str, TrainConfig]:
+    digits_net = UNET_PRESETS["digits"].to_dict()
+    edm = dict(prediction="edm", weighting="edm", schedule=EDM().to_dict(), ema_warmup=True)
+    digits = TrainConfig(
+        preset="digits", data="digits", network="unet", net=digits_net, **edm,
+        lr=2e-3, warmup_steps=100, batch_size=128, steps=1200, ema_decay=0.999,
+        ckpt_every=400, sample_every=400, log_every=20)
+    return {
+        "digits": digits,
+        "digits-cond": digits.replace(preset="digits-cond", num_classes=10, cond_drop=0.1, steps=3000,
+                                      ckpt_every=1000, sample_every=1000),
+        "toy2d": TrainConfig(
+            preset="toy2d", data="moons", network="mlp",
+            net=MLPConfig(hidden_channels=128, depth=3).to_dict(), **edm,
+            lr=3e-3, warmup_steps=100, batch_size=512, steps=2000, ema_decay=0.995,
+            ckpt_every=1000, sample_every=1000, log_every=20),
+        "shapes32": TrainConfig(
+            preset="shapes32", data="shapes", network="unet", net=UNET_PRESETS["shapes32"].to_dict(),
+            **edm, lr=5e-4, warmup_steps=1000, batch_size=64, steps=100_000, ema_decay=0.9995,
+            ckpt_every=5000, sample_every=5000, log_every=100),
+        # Ho et al. 2020, sec. 4 and appendix B: linear betas 1e-4..0.02 over T = 1000, the simple
+        # (unweighted) eps loss, Adam lr 2e-4 with 5000 warm-up steps, batch 128, 800k steps,
+        # gradient clipping at 1, EMA 0.9999, dropout 0.1 (in the network preset).
+        "cifar10-ddpm": TrainConfig(
+            preset="cifar10-ddpm", data=None, network="unet", net=UNET_PRESETS["cifar10-ddpm"].to_dict(),
+            schedule=DiscreteVP("linear", 1000).to_dict(), prediction="eps", weighting="uniform",
+            lr=2e-4, warmup_steps=5000, grad_clip=1.0, batch_size=128, steps=800_000,
+            ema_decay=0.9999, ema_warmup=False, ckpt_every=10_000, sample_every=10_000, log_every=100),
+    }
+
+
+PRESETS: dict[str, TrainConfig] = _presets()
+
+
+# ---------------------------------------------------------------------------------------------
+# TOML files
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """A config from TOML-style data: start from ``PRESETS[data["preset"]]`` when that names a
+    preset (else the defaults), set the top-level keys, update ``net`` / ``schedule`` key by key."""
+    data = dict(data)
+    name = data.get("preset")
+    if name is not None and name != "custom" and name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    base = PRESETS[name] if name in PRESETS else TrainConfig()
+    values = base.to_dict()
+    unknown = sorted(set(data) - set(values))
+    if unknown:
+        raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys are {sorted(values)}")
+    for key in _DICT_FIELDS:
+        if key in data:
+            if not isinstance(data[key], dict):
+                raise ValueError(f"TrainConfig.{key} must be a table, got {data[key]!r}")
+            values[key].update(data.pop(key))
+    values.update(data)
+    return TrainConfig.from_dict(values)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TOML training config (see the module docstring); errors are one-sentence ValueErrors."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the config file ({e.strerror})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from e
+    try:
+        return config_from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ValueError(f"cannot write {value!r} to TOML")
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write ``config`` as TOML (all fields; None values are left out, which :func:`load_config`
+    reads back as the preset's value). Raises ValueError if that would not read back equal."""
+    lines = ["# difflab training config; see docs/training.md"]
+    data = config.to_dict()
+    lines += [f"{k} = {_toml_value(v)}" for k, v in data.items() if v is not None and k not in _DICT_FIELDS]
+    for table in _DICT_FIELDS:
+        lines += ["", f"[{table}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in data[table].items() if v is not None]
+    text = "\n".join(lines) + "\n"
+    back = config_from_dict(tomllib.loads(text))
+    if back != config:
+        diff = sorted(k for k, v in back.to_dict().items() if v != data[k])
+        raise ValueError(f"config fields {diff} hold None where the preset has a value; TOML cannot store that")
+    path = Path(path)
+    path.write_text(text)
+    return path

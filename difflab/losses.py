@@ -1,0 +1,145 @@
+"""Training objectives: denoising score matching in each parametrization, with its weightings.
+
+Every objective here is one weighted regression (Karras et al. 2022, eq. 2 and 8; Ho et al. 2020,
+eq. 14): draw sigma ~ p_train, n ~ N(0, I), form x = x0 + sigma n (the VE convention of DESIGN.md),
+and regress the network output F onto the target of its parametrization,
+
+    L = E[ w(sigma) || F(x_in, c_noise) - target ||^2 ].
+
+Every target is affine in x0 at fixed x, x0_hat = a + c(sigma) F, so an error dF costs
+|dx0|^2 = c^2 |dF|^2 in data space: a weighting ``lambda(sigma)`` of the x0-space error (Karras et
+al. 2022, eq. 8) is ``w = lambda c^2`` in the network's own space. :func:`loss_weight` states every
+weighting this way, which is what makes them comparable across parametrizations.
+"""
+from __future__ import annotations
+
+import torch
+
+from .denoisers import NetworkDenoiser, append_dims, edm_coefficients, prediction_from_x0
+from .schedules import EDM, DiscreteVP, Schedule
+
+__all__ = ["sample_training_sigmas", "x0_output_scale", "x0_weight", "loss_weight", "draw_noise",
+           "drop_labels", "denoising_loss", "diffusion_loss"]
+
+
+def sample_training_sigmas(schedule: Schedule, n: int, generator: torch.Generator | None = None, *,
+                           P_mean: float = -1.2, P_std: float = 1.2, device=None) -> torch.Tensor:
+    """n training noise levels (float64, on ``device`` or the generator's device):
+
+    - :class:`DiscreteVP`: a uniform integer timestep t in {0, ..., T-1} (Ho et al. 2020, Algorithm 1);
+    - :class:`EDM`: log sigma ~ N(P_mean, P_std^2) (Karras et al. 2022, sec. 5, Table 1);
+    - other continuous schedules (VP, sub-VP, VE): t ~ U[t_min, t_max] (Song et al. 2021, eq. 7).
+    """
+    device = torch.device(device) if device is not None else (generator.device if generator else None)
+    if isinstance(schedule, EDM):
+        z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
+        return (P_mean + P_std * z).exp()
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    if isinstance(schedule, DiscreteVP):
+        t = (u * schedule.T).long().clamp(max=schedule.T - 1)
+        return schedule.sigmas[t.cpu()].to(u.device)
+    t = schedule.t_min + u * (schedule.t_max - schedule.t_min)
+    return schedule.ve_sigma(t).to(torch.float64)
+
+
+def x0_output_scale(prediction: str, sigma, alpha=None, sigma_data: float = 0.5):
+    """c(sigma) = d x0_hat / d F, the factor by which an output error becomes a data error.
+
+    eps: -sigma (x0 = x - sigma eps); x0: 1; v: -sigma / (alpha (1 + sigma^2)) (from
+    x0 = (alpha^2 x - std v)/(alpha^2 + std^2), std = alpha sigma, Salimans & Ho 2022);
+    edm: c_out (Karras et al. 2022, Table 1).
+    """
+    if prediction == "eps":
+        return -sigma
+    if prediction == "x0":
+        return torch.ones_like(sigma)
+    if prediction == "v":
+        return -sigma / (alpha * (1 + sigma**2))
+    if prediction == "edm":
+        return edm_coefficients(sigma, sigma_data)[1]
+    raise ValueError(f"unknown prediction {prediction!r}; choose eps, x0, v or edm")
+
+
+def x0_weight(weighting: str, prediction: str, sigma, alpha=None, *, gamma: float = 5.0,
+              sigma_data: float = 0.5):
+    """lambda(sigma), the weight of the x0-space error ||x0_hat - x0||^2 that a weighting implies.
+
+    - ``uniform``: the unweighted loss in the network's own space (Ho et al. 2020, eq. 14,
+      "L_simple" for eps), i.e. lambda = 1 / c^2;
+    - ``min_snr``: lambda = min(SNR, gamma), SNR = alpha^2 / std^2 = 1 / sigma^2 (Hang et al. 2023, eq. 9);
+    - ``edm``: lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (Karras et al. 2022, sec. 5).
+    """
+    if weighting == "uniform":
+        return x0_output_scale(prediction, sigma, alpha, sigma_data) ** -2
+    if weighting == "min_snr":
+        return (sigma**-2).clamp(max=gamma)
+    if weighting == "edm":
+        return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    raise ValueError(f"unknown weighting {weighting!r}; choose uniform, min_snr or edm")
+
+
+def loss_weight(weighting: str, prediction: str, sigma, alpha=None, *, gamma: float = 5.0,
+                sigma_data: float = 0.5):
+    """w(sigma) = lambda(sigma) c(sigma)^2, the weight of the squared error in the network's own space.
+
+    For min-SNR this is Hang et al. (2023, sec. 3.4)'s form per parametrization: eps
+    min(SNR, gamma)/SNR, x0 min(SNR, gamma), v min(SNR, gamma)/(SNR + 1) (for VP schedules, where
+    alpha^2 (1 + sigma^2) = 1). For EDM weighting with EDM preconditioning it is exactly 1
+    (Karras et al. 2022, eq. 8 and Table 1: lambda = 1 / c_out^2); ``uniform`` is 1 everywhere.
+    """
+    if weighting == "uniform":
+        return torch.ones_like(sigma)
+    c = x0_output_scale(prediction, sigma, alpha, sigma_data)
+    return x0_weight(weighting, prediction, sigma, alpha, gamma=gamma, sigma_data=sigma_data) * c**2
+
+
+def drop_labels(y, cond_drop: float, null_class: int, generator=None):
+    """Replace each label by ``null_class`` with probability ``cond_drop`` (Ho & Salimans 2022,
+    Algorithm 1), so one network learns both the conditional and unconditional denoiser."""
+    if y is None or cond_drop <= 0:
+        return y
+    drop = torch.rand(y.shape, generator=generator, device=y.device) < cond_drop
+    return torch.where(drop, torch.full_like(y, null_class), y)
+
+
+def draw_noise(schedule: Schedule, x0: torch.Tensor, y, config, generator=None):
+    """The randomness of one training batch, in a fixed order: (sigma (B,), n like x0, labels
+    after :func:`drop_labels`). ``config`` supplies P_mean, P_std, cond_drop and num_classes."""
+    sigma = sample_training_sigmas(schedule, x0.shape[0], generator, P_mean=config.P_mean,
+                                   P_std=config.P_std, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    null = config.num_classes if config.num_classes is not None else -1
+    return sigma, noise, drop_labels(y, config.cond_drop, null, generator)
+
+
+def network_target(denoiser: NetworkDenoiser, x0, x, sigma, alpha):
+    """What F should output at (x, sigma) for clean data x0: ``prediction_from_x0``, or for EDM
+    preconditioning (x0 - c_skip x) / c_out (Karras et al. 2022, eq. 8)."""
+    s = append_dims(sigma, x0.ndim)
+    if denoiser.prediction == "edm":
+        c_skip, c_out, _ = edm_coefficients(s, denoiser.sigma_data)
+        return (x0 - c_skip * x) / c_out
+    return prediction_from_x0(denoiser.prediction, x0, x, s, append_dims(alpha, x0.ndim))
+
+
+def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config):
+    """Weighted denoising loss for given sigma and noise: (mean, per-sample losses (B,)).
+
+    x = x0 + sigma n; per-sample loss = w(sigma) mean_i (F_i - target_i)^2 with w from
+    :func:`loss_weight`. ``y`` None trains unconditionally.
+    """
+    x = x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
+    x_in, c_noise, alpha = denoiser.network_inputs(x, sigma)
+    out = denoiser.net(x_in, c_noise.to(x0.dtype), **({} if y is None else {"y": y})).float()
+    target = network_target(denoiser, x0, x, sigma, alpha).to(out.dtype)
+    w = loss_weight(config.weighting, denoiser.prediction, sigma, alpha, gamma=config.min_snr_gamma,
+                    sigma_data=denoiser.sigma_data).to(out.dtype)
+    per_sample = w * (out - target).square().flatten(1).mean(1)
+    return per_sample.mean(), per_sample
+
+
+def diffusion_loss(denoiser: NetworkDenoiser, x0, y, config, generator=None):
+    """One Monte Carlo estimate of the training objective on the batch x0 (labels y or None):
+    :func:`draw_noise` then :func:`denoising_loss`. Returns (loss scalar, per-sample losses)."""
+    sigma, noise, y = draw_noise(denoiser.schedule, x0, y, config, generator)
+    return denoising_loss(denoiser, x0, sigma, noise, y, config)

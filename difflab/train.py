@@ -1,0 +1,367 @@
+"""The training loop: AdamW with warm-up and clipping, EMA, gradient accumulation, bf16 on CUDA,
+exact resume, and data-parallel training over processes started by ``torchrun``.
+
+Every random draw is a pure function of the config's seed and the step: the batch of step k is
+``Dataset.batch(batch_size, seed, k)``; sigma, noise and label dropout for the whole global batch
+come from a generator seeded by (seed, k); dropout inside the network from the global RNG
+reseeded by (seed, k, rank). A run resumed from the checkpoint of step N therefore repeats the
+uninterrupted run bit for bit, and since every process draws the global batch's noise and keeps
+its own slice, W processes (or ``grad_accum`` micro-batches) compute the same gradient as one
+process with the whole batch, up to the order of floating-point sums.
+
+Output folder: ``model/`` (the model directory, see :mod:`difflab.checkpoint`), ``log.csv`` and
+``samples/step_XXXXXX.png``. Only rank 0 writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .checkpoint import (MODEL_DIR, CheckpointError, TrainedModel, load_weights, read_config,
+                         read_training_state, recover, save_checkpoint)
+from .config import TrainConfig
+from .data import Dataset, load_dataset
+from .denoisers import NetworkDenoiser
+from .imageio import save_grid, save_scatter
+from .losses import denoising_loss, draw_noise
+from .nets import build_network
+from .schedules import make_schedule
+
+__all__ = ["train", "prepare_data", "resolve_config", "step_seed", "ema_decay_at", "lr_at", "update_ema"]
+
+LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
+#: Fields that may change when a run is resumed: they do not affect the trained weights.
+RESUMABLE_CHANGES = {"preset", "steps", "ckpt_every", "sample_every", "log_every", "sample_sampler",
+                     "sample_steps"}
+SAMPLE_GRID = 64  # images per sample grid (8 per class for class-conditional models)
+SAMPLE_POINTS = 2000  # points per scatter plot
+
+
+def step_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from non-negative ints by NumPy's SeedSequence (no collisions between
+    nearby (seed, step) pairs, unlike seed + step)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Linear warm-up from lr / warmup_steps to lr over the first ``warmup_steps`` steps (Goyal et
+    al. 2017, sec. 2.2), then constant (as in Ho et al. 2020 and Karras et al. 2022)."""
+    if config.warmup_steps == 0:
+        return config.lr
+    return config.lr * min(1.0, (step + 1) / config.warmup_steps)
+
+
+def ema_decay_at(config: TrainConfig, step: int) -> float:
+    """EMA decay at (0-based) step: ema_decay, or with ``ema_warmup`` min(ema_decay,
+    (1 + step)/(10 + step)) so early averages forget the random initialisation (the warm-up of
+    tf.train.ExponentialMovingAverage's num_updates, used by Song et al. 2021's code)."""
+    if not config.ema_warmup:
+        return config.ema_decay
+    return min(config.ema_decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    """ema <- decay ema + (1 - decay) net for parameters; buffers are copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+    for e, b in zip(ema.buffers(), net.buffers()):
+        e.copy_(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+
+
+def prepare_data(config: TrainConfig, device) -> Dataset:
+    """Load the config's data set (on ``device`` when it is small) and check it fits the config."""
+    if config.data is None:
+        raise ValueError(f"the {config.preset} preset needs your data: pass --data PATH "
+                         "(a folder of images, a .npy or a .npz)")
+    ds = load_dataset(config.data, resolution=config.resolution, channels=config.channels)
+    if config.num_classes is not None:
+        if ds.y is None:
+            raise ValueError(f"{ds.name} has no labels, but num_classes={config.num_classes} asks for a "
+                             "class-conditional model")
+        if ds.num_classes != config.num_classes:
+            raise ValueError(f"{ds.name} has {ds.num_classes} classes, but the config says num_classes="
+                             f"{config.num_classes}")
+    if ds.kind == "image" and ds.shape[1] != ds.shape[2]:
+        raise ValueError(f"{ds.name}: images must be square for the UNet, got {ds.shape[1]}x{ds.shape[2]}"
+                         " (pass a resolution)")
+    small = ds.x.numel() * ds.x.element_size() < 2**30
+    return ds.to(device) if small else ds
+
+
+def resolve_config(config: TrainConfig, ds: Dataset) -> TrainConfig:
+    """Fill the network config's data-dependent fields from the data set: channels and resolution
+    (UNet) or dimension (MLP), and num_classes."""
+    if (config.network == "unet") != (ds.kind == "image"):
+        raise ValueError(f"network {config.network!r} does not fit {ds.kind} data ({ds.name}); use "
+                         f"{'unet' if ds.kind == 'image' else 'mlp'}")
+    net = dict(config.net, num_classes=config.num_classes)
+    if ds.kind == "image":
+        net.update(in_channels=ds.shape[0], resolution=ds.shape[1])
+    else:
+        net.update(dim=ds.shape[0])
+    return config.replace(net=net)
+
+
+def _check_resumable(saved: TrainConfig, config: TrainConfig, model_dir: Path) -> None:
+    a, b = saved.to_dict(), config.to_dict()
+    changed = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        details = "; ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in changed)
+        raise CheckpointError(f"{model_dir}: cannot resume with a different config ({details})")
+
+
+@dataclass
+class _Run:
+    """The state of one training run (one per process)."""
+
+    config: TrainConfig
+    out_dir: Path
+    ds: Dataset
+    net: nn.Module  # the plain network (not the DDP wrapper)
+    ema: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    denoiser: NetworkDenoiser  # wraps the DDP module when distributed
+    device: torch.device
+    rank: int
+    world: int
+    step: int = 0
+    window_sum: torch.Tensor | float = 0.0  # loss sum since the last log row (on the device)
+    window_count: int = 0
+    elapsed: float = 0.0
+
+
+def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, world: int) -> _Run:
+    """Data, network, EMA and optimizer, restored from ``out_dir/model`` when resuming."""
+    model_dir = out_dir / MODEL_DIR
+    if model_dir.exists() and not resume:
+        raise CheckpointError(f"{out_dir} already holds a trained model; resume it or choose another folder")
+    ds = prepare_data(config, device)
+    config = resolve_config(config, ds)
+    torch.manual_seed(config.seed)
+    net = build_network(config.network, config.net).to(device)
+    ema = copy.deepcopy(net).requires_grad_(False).eval() if config.ema_decay > 0 else None
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, betas=config.betas,
+                                  weight_decay=config.weight_decay,
+                                  fused=True if device.type == "cuda" else None)
+    run = _Run(config, out_dir, ds, net, ema, optimizer, None, device, rank, world)
+    if model_dir.exists():
+        _restore(run, model_dir)
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    run.denoiser = NetworkDenoiser(net, make_schedule(config.schedule), config.prediction, config.sigma_data)
+    return run
+
+
+def _restore(run: _Run, model_dir: Path) -> None:
+    """Weights, EMA, optimizer state, step and log window from a checkpoint of the same config."""
+    saved, _ = read_config(model_dir)
+    _check_resumable(saved, run.config, model_dir)
+    load_weights(run.net, model_dir / "model.safetensors", run.device)
+    if run.ema is not None:
+        load_weights(run.ema, model_dir / "ema.safetensors", run.device)
+    state = read_training_state(model_dir, run.device)
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.step, run.elapsed = int(state["step"]), float(state["elapsed"])
+        run.window_sum, run.window_count = float(state["window"][0]), int(state["window"][1])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{model_dir}/training_state.pt: incomplete or damaged ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# One step
+
+
+def _train_step(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the global batch of step ``run.step``: (mean loss, grad norm)."""
+    c, k = run.config, run.step
+    accum, per_rank = c.grad_accum, c.batch_size // run.world
+    micro = per_rank // accum
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(c, k)
+    torch.manual_seed(step_seed(c.seed, k, 1 + run.rank))  # dropout masks
+    gen = torch.Generator(run.device).manual_seed(step_seed(c.seed, k, 0))
+    x0, y = run.ds.batch(c.batch_size, c.seed, k)
+    x0, y = x0.to(run.device), (y.to(run.device) if c.num_classes is not None else None)
+    sigma, noise, y = draw_noise(run.denoiser.schedule, x0, y, c, gen)
+    ddp = run.denoiser.net if run.world > 1 else None
+    bf16 = c.precision == "bf16" and run.device.type == "cuda"
+    total = torch.zeros((), device=run.device, dtype=torch.float64)
+    for a in range(accum):
+        rows = slice(run.rank * per_rank + a * micro, run.rank * per_rank + (a + 1) * micro)
+        # DDP averages gradients over processes on the last micro-batch's backward only.
+        with ddp.no_sync() if ddp is not None and a < accum - 1 else contextlib.nullcontext():
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, _ = denoising_loss(run.denoiser, x0[rows], sigma[rows], noise[rows],
+                                         None if y is None else y[rows], c)
+            (loss / accum).backward()
+        total += loss.detach() / accum
+    grad_norm = nn.utils.clip_grad_norm_(run.net.parameters(), c.grad_clip or math.inf)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        update_ema(run.ema, run.net, ema_decay_at(c, k))
+    if run.world > 1:
+        dist.all_reduce(total)
+        total /= run.world
+    run.step += 1
+    return total, grad_norm
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs (rank 0)
+
+
+def _open_log(run: _Run) -> Path:
+    """log.csv with the header, keeping the rows before the resumed step (and the row at it if it
+    closed a full ``log_every`` window, not the partial final row of the interrupted segment)."""
+    path = run.out_dir / "log.csv"
+    rows = []
+    if run.step > 0 and path.exists():
+        on_grid = run.step % run.config.log_every == 0
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f)
+                    if int(r["step"]) < run.step or (int(r["step"]) == run.step and on_grid)]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _log_row(run: _Run, path: Path, grad_norm: float, seconds: float) -> float:
+    """Append (step, mean loss since the last full window, lr, grad norm, seconds). The window
+    restarts every ``log_every`` steps only, so a final partial row does not shift later ones."""
+    loss = float(run.window_sum) / run.window_count
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow([run.step, f"{loss:.6g}", f"{lr_at(run.config, run.step - 1):.6g}",
+                                f"{grad_norm:.6g}", f"{seconds:.2f}"])
+    if run.step % run.config.log_every == 0:
+        run.window_sum, run.window_count = 0.0, 0
+    return loss
+
+
+def _save_samples(run: _Run) -> Path:
+    """A grid (or scatter plot) of EMA samples with a fixed seed, so grids compare across steps."""
+    c, ds = run.config, run.ds
+    model = TrainedModel(run.ema if run.ema is not None else run.net, c, ds.shape, ds.class_names, ds.kind)
+    path = run.out_dir / "samples" / f"step_{run.step:06d}.png"
+    if ds.kind == "points":
+        x = model.sample(SAMPLE_POINTS, sampler=c.sample_sampler, steps=c.sample_steps, seed=c.seed)
+        save_scatter(x, path, reference=ds.x[:SAMPLE_POINTS], title=f"step {run.step}")
+    else:
+        per_class = SAMPLE_GRID // 8
+        y = None if c.num_classes is None else torch.arange(c.num_classes).repeat_interleave(per_class)
+        n = SAMPLE_GRID if y is None else len(y)
+        x = model.sample(n, sampler=c.sample_sampler, steps=c.sample_steps, seed=c.seed, y=y)
+        save_grid(x, path, nrow=8)
+    run.net.train()
+    return path
+
+
+def _checkpoint(run: _Run) -> Path:
+    extra = {"data": run.ds.info(), "elapsed": run.elapsed, "window": [float(run.window_sum), run.window_count],
+             "seed": run.config.seed}
+    return save_checkpoint(run.out_dir, run.config, run.net, run.ema, run.optimizer, run.step, extra)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _distributed(device) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether we started the process group) from torchrun's env vars."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    started = world > 1 and not dist.is_initialized()
+    if started:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device, started
+
+
+def train(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = True,
+          device=None) -> Path:
+    """Train a diffusion model as ``config`` says; return the model directory ``out_dir/model``.
+
+    ``resume``: continue from ``out_dir/model`` (bit-exactly; ``steps`` may be raised); without it
+    an existing model there is an error. Under ``torchrun`` (WORLD_SIZE > 1) each process trains
+    on its slice of every global batch (gloo on CPU, nccl on CUDA) and rank 0 writes the files.
+    """
+    rank, world, device, started = _distributed(device)
+    try:
+        if config.batch_size % (world * config.grad_accum):
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} processes x "
+                             f"{config.grad_accum} accumulation steps")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            for tmp in out_dir.glob(".tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            recover(out_dir)
+        if world > 1:
+            dist.barrier()
+        run = _build(config, out_dir, resume, device, rank, world)
+        _loop(run, progress and rank == 0)
+        if world > 1:
+            dist.barrier()
+        return out_dir / MODEL_DIR
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _loop(run: _Run, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    c, writer = run.config, run.rank == 0
+    log_path = _open_log(run) if writer else None
+    start_time, start_elapsed = time.perf_counter(), run.elapsed
+    bar = tqdm(total=c.steps, initial=run.step, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=f"train {c.preset}")
+    run.net.train()
+    while run.step < c.steps:
+        loss, grad_norm = _train_step(run)
+        run.window_sum, run.window_count = run.window_sum + loss, run.window_count + 1
+        run.elapsed = start_elapsed + time.perf_counter() - start_time
+        bar.update(1)
+        logging = _due(run.step, c.log_every, c.steps)
+        if logging and not math.isfinite(float(run.window_sum)):
+            raise FloatingPointError(f"the loss became {float(run.window_sum)} by step {run.step}; "
+                                     "try a lower lr")
+        if not writer:
+            continue
+        if logging:
+            bar.set_postfix(loss=f"{_log_row(run, log_path, float(grad_norm), run.elapsed):.4f}")
+        if c.sample_every > 0 and _due(run.step, c.sample_every, c.steps):
+            _save_samples(run)
+        if _due(run.step, c.ckpt_every, c.steps):
+            _checkpoint(run)
+    bar.close()
