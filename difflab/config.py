@@ -244,7 +244,7 @@ def _presets() -> dict[str, TrainConfig]:
         ckpt_every=400, sample_every=400, log_every=20)
     return {
         "digits": digits,
-        "digits-cond": digits.replace(preset="digits-cond", num_classes=10, cond_drop=0.1, steps=3000,
+        "digits-cond": digits.replace(preset="digits-cond", num_classes=10, cond_drop=0.1, steps=2500,
                                       ckpt_every=1000, sample_every=1000),
         "toy2d": TrainConfig(
             preset="toy2d", data="moons", network="mlp",
