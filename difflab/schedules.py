@@ -135,18 +135,21 @@ class DiscreteVP(Schedule):
 
     def ve_sigma(self, t):
         t = _t(t).to(torch.float64).clamp(0, self.T - 1)
+        log_sigmas = self.log_sigmas.to(t.device)  # the tables live on the CPU; t may be on a GPU
         lo = t.floor().long().clamp(max=self.T - 2)
         w = t - lo
-        return ((1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[lo + 1]).exp()
+        return ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp()
 
     def log_alpha(self, t):
         return -0.5 * torch.log1p(self.ve_sigma(t) ** 2)
 
     def t_of_ve_sigma(self, sigma):
         """Fractional step index whose interpolated log-sigma equals log(sigma) (clamped)."""
-        log_sigma = _t(sigma).to(torch.float64).log().clamp(self.log_sigmas[0], self.log_sigmas[-1])
-        hi = torch.searchsorted(self.log_sigmas, log_sigma.contiguous()).clamp(1, self.T - 1)
-        lo_val, hi_val = self.log_sigmas[hi - 1], self.log_sigmas[hi]
+        log_sigma = _t(sigma).to(torch.float64).log()
+        log_sigmas = self.log_sigmas.to(log_sigma.device)
+        log_sigma = log_sigma.clamp(log_sigmas[0], log_sigmas[-1])
+        hi = torch.searchsorted(log_sigmas, log_sigma.contiguous()).clamp(1, self.T - 1)
+        lo_val, hi_val = log_sigmas[hi - 1], log_sigmas[hi]
         return (hi - 1) + (log_sigma - lo_val) / (hi_val - lo_val)
 
 
