@@ -30,7 +30,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .denoisers import NetworkDenoiser
-from .guidance import cfg, check_labels
+from .guidance import check_labels, guided_denoiser
 from .nets import build_network
 from .samplers import SAMPLERS
 from .samplers import sample as run_sampler
@@ -235,40 +235,50 @@ class TrainedModel:
         return (f"TrainedModel({self.config.preset!r}, data_shape={self.data_shape}, "
                 f"num_classes={self.num_classes}, step={self.step})")
 
-    def labels(self, y, n: int) -> torch.Tensor | None:
+    def labels(self, y, n: int, classifier=None) -> torch.Tensor | None:
         """Class ids (n,) for ``y`` (int, sequence or tensor; default 0, 1, ..., K-1, 0, ...
-        cycling); None for an unconditional model."""
-        if self.num_classes is None:
+        cycling) over the model's classes, or a guidance classifier's for an unconditional model;
+        None when there are no classes."""
+        num_classes = self.num_classes or (classifier.num_classes if classifier is not None else None)
+        if num_classes is None:
             if y is not None:
-                raise CheckpointError("this model is unconditional; it takes no class labels y")
+                raise CheckpointError("this model is unconditional; class labels y need a guidance classifier")
             return None
         if y is None:
-            return torch.arange(n) % self.num_classes
+            return torch.arange(n) % num_classes
         try:
-            return check_labels(y, self.num_classes, n)
+            return check_labels(y, num_classes, n)
         except ValueError as e:
             raise CheckpointError(str(e)) from e
 
     def sample(self, n: int, *, sampler: str = "dpmpp_2m", steps: int = 20, seed: int | None = None,
-               y=None, guidance: float | None = None, batch_size: int | None = None, progress: bool = False,
-               sigma_min: float | None = None, sigma_max: float | None = None) -> torch.Tensor:
+               y=None, guidance: float | None = None, classifier=None, classifier_scale: float = 1.0,
+               batch_size: int | None = None, progress: bool = False, sigma_min: float | None = None,
+               sigma_max: float | None = None) -> torch.Tensor:
         """n samples (on the CPU) in the data's shape; images are clamped to [-1, 1].
 
         Starts from x = sigma_max n and integrates along Karras et al. (2022, eq. 5) sigmas between
         the schedule's sigma range (or ``sigma_min``/``sigma_max``) with ``sampler``. ``y``: class ids
         (default: 0, 1, ..., K-1, 0, ... cycling); ``guidance``: the classifier-free guidance scale
         w of :func:`difflab.guidance.cfg`, D = D(x|null) + w (D(x|y) - D(x|null)) from one batched
-        call (Ho & Salimans 2022; 1: plain conditional, 0: unconditional). Draws happen in batches
-        of ``batch_size``; the result is a function of (n, seed, batch_size, sampler, steps, y,
-        guidance).
+        call (Ho & Salimans 2022; 1: plain conditional, 0: unconditional). ``classifier``: a
+        :class:`~difflab.guidance.ClassLogProb` (e.g. :func:`difflab.train_classifier.load_classifier`'s
+        second value) adding classifier guidance with ``classifier_scale`` (Dhariwal & Nichol 2021),
+        also to unconditional models. Both go through :func:`difflab.guidance.guided_denoiser`.
+        Draws happen in batches of ``batch_size``; the result is a function of (n, seed,
+        batch_size, sampler, steps, y, guidance, classifier, classifier_scale).
         """
         if n < 1 or steps < 1:
             raise CheckpointError(f"need n >= 1 and steps >= 1, got n={n}, steps={steps}")
         if sampler not in SAMPLERS:
             raise CheckpointError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-        if guidance is not None and self.num_classes is None:
-            raise CheckpointError("guidance needs a class-conditional model; this one is unconditional")
-        labels = self.labels(y, n)
+        labels = self.labels(y, n, classifier)
+        try:
+            denoiser, cond = guided_denoiser(self.denoiser, y=labels, num_classes=self.num_classes,
+                                             guidance=guidance, classifier=classifier,
+                                             classifier_scale=classifier_scale)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
         lo = self.schedule.sigma_min if sigma_min is None else sigma_min
         hi = self.schedule.sigma_max if sigma_max is None else sigma_max
         if not 0 < lo < hi:
@@ -280,20 +290,14 @@ class TrainedModel:
             gen.seed()
         else:
             gen.manual_seed(seed)
-        denoiser = self.denoiser
-        if guidance is not None:
-            try:
-                denoiser = cfg(self.denoiser, guidance, num_classes=self.num_classes)
-            except ValueError as e:
-                raise CheckpointError(str(e)) from e
         batch_size = batch_size or max(1, SAMPLE_BUDGET // math.prod(self.data_shape))
         out = []
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 b = min(batch_size, n - start)
                 x = sigmas[0] * torch.randn((b, *self.data_shape), generator=gen, device=device)
-                cond = None if labels is None else {"y": labels[start:start + b].to(device)}
-                x = run_sampler(denoiser, x, sigmas, sampler, generator=gen, progress=progress, cond=cond)
+                batch_cond = None if cond is None else {"y": cond["y"][start:start + b].to(device)}
+                x = run_sampler(denoiser, x, sigmas, sampler, generator=gen, progress=progress, cond=batch_cond)
                 out.append(x.float().cpu())
         x = torch.cat(out)
         return x.clamp(-1, 1) if self.data_kind == "image" else x
