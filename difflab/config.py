@@ -47,6 +47,9 @@ class TrainConfig:
     classifier-free guidance (Ho & Salimans 2022, Algorithm 1). ``P_mean``, ``P_std``: the lognormal
     training sigmas of EDM schedules (Karras et al. 2022, sec. 5); ``min_snr_gamma``: the gamma of
     min-SNR weighting (Hang et al. 2023); ``sigma_data``: EDM preconditioning and weighting.
+    ``vlb_weight``: lambda of the hybrid loss L_simple + lambda L_vlb (Nichol & Dhariwal 2021, eq. 16;
+    1e-3 there) for a ``learn_sigma`` UNet trained with eps prediction on a DiscreteVP schedule;
+    0 (the default) switches it off. See :mod:`difflab.learned_variance`.
     """
 
     preset: str = "custom"
@@ -81,6 +84,7 @@ class TrainConfig:
     cond_drop: float = 0.0
     sample_sampler: str = "dpmpp_2m"
     sample_steps: int = 20
+    vlb_weight: float = 0.0
 
     def __post_init__(self):
         for name, hint in _hints().items():
@@ -210,6 +214,13 @@ def _validate(c: TrainConfig) -> None:
     for name in ("warmup_steps", "ckpt_every", "sample_every", "seed", "grad_clip", "weight_decay"):
         if getattr(c, name) < 0:
             raise ValueError(f"TrainConfig.{name} must be non-negative, got {getattr(c, name)}")
+    if not c.vlb_weight >= 0 or not math.isfinite(c.vlb_weight):
+        raise ValueError(f"TrainConfig.vlb_weight must be non-negative, got {c.vlb_weight}")
+    if c.vlb_weight > 0:
+        if c.prediction != "eps" or c.schedule.get("beta_schedule") is None:
+            raise ValueError("TrainConfig.vlb_weight needs eps prediction on a DiscreteVP schedule")
+        if not c.net.get("learn_sigma", False):
+            raise ValueError("TrainConfig.vlb_weight needs a network with learn_sigma = true")
     for name in ("lr", "sigma_data", "P_std", "min_snr_gamma"):
         if not getattr(c, name) > 0 or not math.isfinite(getattr(c, name)):
             raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(c, name)}")
@@ -263,6 +274,13 @@ def _presets() -> dict[str, TrainConfig]:
             schedule=DiscreteVP("linear", 1000).to_dict(), prediction="eps", weighting="uniform",
             lr=2e-4, warmup_steps=5000, grad_clip=1.0, batch_size=128, steps=800_000,
             ema_decay=0.9999, ema_warmup=False, ckpt_every=10_000, sample_every=10_000, log_every=100),
+        # Improved DDPM (Nichol & Dhariwal 2021) on digits: cosine schedule, T = 1000, eps prediction,
+        # learned variances (learn_sigma) trained by the hybrid loss with lambda = 1e-3.
+        "digits-iddpm": digits.replace(
+            preset="digits-iddpm", net=dict(digits_net, learn_sigma=True),
+            schedule=DiscreteVP("cosine", 1000).to_dict(), prediction="eps", weighting="uniform",
+            vlb_weight=1e-3, steps=1500, ckpt_every=500, sample_every=500, sample_sampler="ddpm",
+            sample_steps=50),
     }
 
 

@@ -95,6 +95,10 @@ class NetworkDenoiser(nn.Module):
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
         x_in, c_noise, alpha = self.network_inputs(x, sigma)
         out = self.net(x_in, c_noise.to(x.dtype), **cond).to(x.dtype)
+        if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
+            # A learn_sigma network: [prediction, variance]; the variance is read through
+            # difflab.learned_variance.
+            out = out[:, :x.shape[1]]
         s = append_dims(sigma, x.ndim).to(x.dtype)
         if self.prediction == "edm":
             c_skip, c_out, _ = edm_coefficients(s, self.sigma_data)

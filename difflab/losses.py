@@ -131,10 +131,17 @@ def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config):
     x = x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
     x_in, c_noise, alpha = denoiser.network_inputs(x, sigma)
     out = denoiser.net(x_in, c_noise.to(x0.dtype), **({} if y is None else {"y": y})).float()
+    v = None
+    if out.ndim == x0.ndim and out.shape[1] == 2 * x0.shape[1]:  # learn_sigma: [prediction, variance]
+        out, v = out.chunk(2, dim=1)
     target = network_target(denoiser, x0, x, sigma, alpha).to(out.dtype)
     w = loss_weight(config.weighting, denoiser.prediction, sigma, alpha, gamma=config.min_snr_gamma,
                     sigma_data=denoiser.sigma_data).to(out.dtype)
     per_sample = w * (out - target).square().flatten(1).mean(1)
+    if v is not None and getattr(config, "vlb_weight", 0.0) > 0:
+        from .learned_variance import hybrid_vlb_term
+
+        per_sample = per_sample + config.vlb_weight * hybrid_vlb_term(denoiser, x0, x, sigma, out, v)
     return per_sample.mean(), per_sample
 
 
