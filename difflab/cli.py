@@ -31,12 +31,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_demo(args) -> None:
+    """`difflab demo`: see :func:`difflab.demo.run`."""
     from . import demo
 
     demo.run(args.out, steps=args.steps)
 
 
 def cmd_train(args) -> None:
+    """`difflab train`: a preset, a TOML file or the resumed run's config, plus overrides, to
+    :func:`difflab.train.train`."""
     from .config import PRESETS, load_config
     from .train import train
 
@@ -61,6 +64,7 @@ def cmd_train(args) -> None:
 
 
 def _parse_set(item: str) -> tuple[str, str]:
+    """`key=value` -> (key, value), with dashes in the key read as underscores."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set expects key=value, got {item!r}")
@@ -68,6 +72,7 @@ def _parse_set(item: str) -> tuple[str, str]:
 
 
 def cmd_sample(args) -> None:
+    """`difflab sample`: :meth:`TrainedModel.sample`, written as a PNG grid / scatter plot and/or .npz."""
     from . import imageio, load
 
     if args.out is None and args.npz is None:
@@ -122,6 +127,7 @@ def cmd_train_classifier(args) -> None:
 
 
 def cmd_info(args) -> None:
+    """`difflab info [DIR]`: presets and samplers, or one model's configuration."""
     if args.dir is None:
         _print_presets()
         _print_samplers()
@@ -188,6 +194,8 @@ def _summary(doc: str | None, width: int = 96) -> str:
 
 
 def cmd_eval(args) -> None:
+    """`difflab eval DIR`: :func:`difflab.evaluate.evaluate_digits` of N samples (and the class
+    match of a conditional model)."""
     from . import load
     from .evaluate import classify, evaluate_digits, format_digits_eval
 
@@ -374,6 +382,7 @@ _EDITORS = {"inpaint": _edit_inpaint, "sdedit": _edit_sdedit, "ilvr": _edit_ilvr
 
 
 def cmd_bench_samplers(args) -> int:
+    """`difflab bench samplers ...`: the options and the run belong to :mod:`difflab.bench_samplers`."""
     from . import bench_samplers
 
     parser = _Parser(prog=f"{PROG} bench samplers", description=bench_samplers.__doc__,
@@ -399,6 +408,7 @@ def _check_positive(**values) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (no heavy imports)."""
     parser = _Parser(prog=PROG, description="Diffusion models: train, sample, evaluate, benchmark.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)

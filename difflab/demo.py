@@ -61,7 +61,8 @@ def _save_labelled(tiles: torch.Tensor, path: Path, title: str, row_labels=(), c
     rotate = max(map(len, col_labels), default=0) > 5
     # Inches: the mosaic, plus room for the longest row label, the title and the column labels.
     width = scale * c * w / 8 + 0.3 + 0.08 * max(map(len, row_labels), default=0)
-    height = scale * r * h / 8 + 0.5 + (0.3 if col_labels else 0) + (0.3 if rotate else 0) + (0.2 if xlabel else 0)
+    height = (scale * r * h / 8 + 0.5 + (0.3 if col_labels else 0) + (0.3 if rotate else 0)
+              + (0.2 if xlabel else 0))
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -92,7 +93,7 @@ def forward_process_figure(x0: torch.Tensor, path, sigmas=FORWARD_SIGMAS, seed: 
 
 
 def reverse_trajectory_figure(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, path,
-                              sampler: str = "dpmpp_2m", cond: dict | None = None) -> Path:
+                              sampler: str = "dpmpp_2m") -> Path:
     """Follow `noise` (N, C, H, W) (unit variance; started at sigmas[0] * noise) through `sampler`:
     per image one row of the current x_t (VP-scaled) and one of the denoiser's estimate D(x; sigma)
     at every step, read from the sampler's callback; the last column is the result."""
@@ -103,7 +104,7 @@ def reverse_trajectory_figure(denoiser, noise: torch.Tensor, sigmas: torch.Tenso
         x0_hats.append(info["denoised"])
 
     with torch.no_grad():
-        out = sample(denoiser, sigmas[0] * noise, sigmas, sampler, callback=record, cond=cond,
+        out = sample(denoiser, sigmas[0] * noise, sigmas, sampler, callback=record,
                      generator=torch.Generator(noise.device).manual_seed(0))
     rows = []
     for i in range(len(noise)):
@@ -117,13 +118,13 @@ def reverse_trajectory_figure(denoiser, noise: torch.Tensor, sigmas: torch.Tenso
 
 
 def sampler_figure(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, path,
-                   samplers=DEMO_SAMPLERS, cond: dict | None = None) -> Path:
+                   samplers=DEMO_SAMPLERS) -> Path:
     """The same `noise` (N, C, H, W) through each sampler over the same `sigmas`: one labelled row
     per sampler, with its number of denoiser calls (stochastic samplers share one noise seed)."""
     rows, labels = [], []
     for name in samplers:
         with torch.no_grad():
-            rows.append(sample(denoiser, sigmas[0] * noise, sigmas, name, cond=cond,
+            rows.append(sample(denoiser, sigmas[0] * noise, sigmas, name,
                                generator=torch.Generator(noise.device).manual_seed(0)))
         mark = ", stochastic" if name in STOCHASTIC else ""
         labels.append(f"{name} ({denoiser_calls(name, sigmas)} calls{mark})")
@@ -142,7 +143,8 @@ class _Stages:
         self.t = self.start
 
     def __call__(self, text: str | None = None) -> float:
-        """Close the current stage and open the next with `text` (None: just close); returns the total seconds."""
+        """Close the current stage and open the next with `text` (None: just close); returns the
+        seconds since the start."""
         now = time.perf_counter()
         if self.k:
             print(f"      done in {now - self.t:.1f} s", flush=True)
@@ -154,9 +156,10 @@ class _Stages:
 
 def run(out_dir="difflab-demo", steps: int | None = None, progress: bool = True) -> dict:
     """Train the `digits` preset into `out_dir/model` (`steps` overrides its training steps; a model
-    already there is reused, or trained further up to `steps`), write samples.png, forward_process.png, reverse_trajectory.png and samplers.png to `out_dir`, and
-    print the evaluation. Returns the evaluation dict plus the written paths ("files") and the
-    total time ("seconds")."""
+    already there is reused, or trained further up to `steps`), write samples.png,
+    forward_process.png, reverse_trajectory.png and samplers.png to `out_dir`, and print the
+    evaluation. Returns the evaluation dict plus the written paths ("files") and the total time
+    ("seconds")."""
     from . import imageio, load
     from .config import PRESETS
     from .data import load_dataset

@@ -85,7 +85,8 @@ def _cache_key(train_x: torch.Tensor) -> str:
 
 
 def _random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by an integer offset in [-max_shift, max_shift]^2, filling with background (-1)."""
+    """Translate each image by an integer offset in [-max_shift, max_shift]^2, filling with the
+    background value -1."""
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, value=-1.0)
     dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)
