@@ -179,7 +179,7 @@ def main():
            % (args.n_samples, sample_rows[0]["reference_fd"]), "",
            "| steps | " + " | ".join(VARIANCES) + " |", "|---" * (len(VARIANCES) + 1) + "|"]
     for n in STEPS:
-        cells = {r["variance"]: r for r in sample_rows if r["steps"] == n}
+        cells = {r["variance"]: r for r in sample_rows if int(r["steps"]) == n}
         md.append(f"| {n} | " + " | ".join(f"{cells[v]['fd']} ({cells[v]['class_min']}-{cells[v]['class_max']})"
                                             for v in VARIANCES) + " |")
     (OUT / "output.md").write_text("\n".join(md) + "\n")
