@@ -30,9 +30,10 @@ def _ancestral_loop(denoiser, x, sigmas, eta, s_noise, generator, callback, prog
         d0 = denoise(denoiser, x, s, cond)
         report(callback, i, x, s, s_next, d0)
         if variance_fn is not None and s_next > 0:
-            # The posterior mean with another reverse variance (fixed, learned or analytic).
-            x = d0 + (s_next / s) ** 2 * (x - d0)
+            # The posterior mean with another reverse variance (fixed, learned or analytic),
+            # evaluated at the step's input x, where the network saw it.
             var = variance_fn(x, s, s_next)
+            x = d0 + (s_next / s) ** 2 * (x - d0)
             x = x + (torch.as_tensor(var, dtype=x.dtype, device=x.device).sqrt() * noise_like(x, generator)
                      if torch.is_tensor(var) else math.sqrt(var) * noise_like(x, generator))
             continue
