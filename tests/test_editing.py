@@ -17,13 +17,7 @@ from difflab.samplers._common import ancestral_step
 SMIN, SMAX = 0.002, 80.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Many tiny ops: on a shared 2-core machine intra-op threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def karras(n):

@@ -22,13 +22,7 @@ from difflab.schedules import DiscreteVP, ddpm_posterior
 SMIN, SMAX = 0.002, 80.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Many tiny ops: on a shared 2-core machine intra-op threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module", params=["gmm2d", "gmm64"])
