@@ -13,7 +13,7 @@ sigmas between the model's sigma_min and sigma_max, seed 0.
   - Inversion: RMSE of reconstruct(invert(x0)) vs steps, ddim (reconstructed with euler, the same
     first-order ODE step) and heun.
 PSNR is on [0, 1] images (outputs clamped to [-1, 1]), per image then averaged, on the unknown pixels
-and on the whole image. FD: difflab.evaluate.evaluate_digits at the same n, with the held-out
+and on the whole image. FD: difflab.evaluation.evaluate_digits at the same n, with the held-out
 reference at that n (the reference set *is* the ground truth here, so it is the floor).
 Writes inpainting.csv, superres.csv, inversion.csv, output.md and one PNG per method under --out.
 """
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 import difflab
-from difflab.data import load_dataset
+from difflab.training.data import load_dataset
 from difflab.editing import SuperResolution, Inpainting, ddrm, ilvr, inpaint, invert, reconstruct
-from difflab.evaluate import evaluate_digits
-from difflab.imageio import save_grid
+from difflab.evaluation.digits import evaluate_digits
+from difflab.io.images import save_grid
 from difflab.schedules import karras_sigmas
 
 SHOW = 10  # images per row in the figures

@@ -7,7 +7,7 @@ of classifier-free guidance.
 For each method (classifier-free guidance on the class-conditional model; classifier guidance on the
 unconditional model with the noise-aware classifier) and scale, samples n per class k = 0..9 with
 DPM-Solver++(2M), 20 steps, a fixed seed, and reports:
-  - accuracy: the fraction the *evaluation* classifier (difflab.evaluate, trained on clean digits,
+  - accuracy: the fraction the *evaluation* classifier (difflab.evaluation, trained on clean digits,
     independent of the guidance classifier) assigns to the requested class, overall and the worst class;
   - FD: Fréchet distance of all samples (classes mixed, equal numbers) to the train split, and FD of
     a stratified subset of 300 samples beside the held-out reference (300 test digits) -- FD is only
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difflab.checkpoint import load
-from difflab.evaluate import REFERENCE_N, classify, digits_fd, evaluate_digits
+from difflab.pipeline import load
+from difflab.evaluation.digits import REFERENCE_N, classify, digits_fd, evaluate_digits
 from difflab.guidance import cfg
-from difflab.train_classifier import load_classifier
+from difflab.training.classifier import load_classifier
 
 K = 10
 

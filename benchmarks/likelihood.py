@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from difflab.checkpoint import load
-from difflab.data import load_dataset
-from difflab.evaluate import evaluate_digits
-from difflab.learned_variance import LearnedVariance
+from difflab.pipeline import load
+from difflab.training.data import load_dataset
+from difflab.evaluation.digits import evaluate_digits
+from difflab.likelihood.learned import LearnedVariance
 from difflab.likelihood import (analytic_dpm_gamma, analytic_dpm_variance, ancestral_variance, bits_per_dim,
                                 dequantize, elbo_terms, ode_nll)
 from difflab.samplers import ddpm

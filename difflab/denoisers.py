@@ -11,7 +11,7 @@ A network sees the *schedule's* input ``x_t = alpha x`` (VP) or ``x`` (VE/EDM) a
              D = c_skip x + c_out F(c_in x, c_noise), c_skip = sd^2/(sigma^2 + sd^2),
              c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1/sqrt(sigma^2 + sd^2), c_noise = log(sigma)/4.
 
-Everything here is in the VE convention of DESIGN.md: ``x = x0 + sigma n``.
+Everything here is in the VE convention of docs/design.md: ``x = x0 + sigma n``.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class NetworkDenoiser(nn.Module):
         out = self.net(x_in, c_noise.to(x.dtype), **cond).to(x.dtype)
         if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
             # A learn_sigma network: [prediction, variance]; the variance is read through
-            # difflab.learned_variance.
+            # difflab.likelihood.learned.
             out = out[:, :x.shape[1]]
         s = append_dims(sigma, x.ndim).to(x.dtype)
         if self.prediction == "edm":

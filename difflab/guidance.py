@@ -1,6 +1,6 @@
 """Guidance: Denoiser -> Denoiser transforms that steer sampling toward a class y.
 
-Everything is in the x0 convention of DESIGN.md (``x = x0 + sigma n``), where Tweedie's formula
+Everything is in the x0 convention of docs/design.md (``x = x0 + sigma n``), where Tweedie's formula
 links a denoiser to the score of the noisy density, ``D(x, sigma) = x + sigma^2 grad_x log p(x; sigma)``
 (Efron 2011; Karras et al. 2022, eq. 3). Both methods are shifts of the score, hence of ``D``:
 
@@ -177,7 +177,7 @@ def classifier_inputs(x, sigma, schedule: Schedule | None = None, sigma_data: fl
     """``(x_in, c_noise)`` that a noise-aware classifier sees for ``x = x0 + sigma n``.
 
     schedule None: EDM preconditioning (Karras et al. 2022, Table 1), x_in = x / sqrt(sigma^2 +
-    sigma_data^2) and c_noise = log(sigma)/4 -- the convention of :mod:`difflab.train_classifier`.
+    sigma_data^2) and c_noise = log(sigma)/4 -- the convention of :mod:`difflab.training.classifier`.
     A :class:`~difflab.schedules.Schedule`: x_in = alpha(sigma) x and c_noise = schedule.c_noise(sigma),
     the inputs of a network trained on that schedule (e.g. ADM's classifiers on DDPM timesteps).
     """
@@ -231,7 +231,7 @@ def guided_denoiser(model_denoiser, *, y, num_classes: int | None, guidance: flo
     num_classes: the model's classes (None: an unconditional model, which only a classifier can guide).
     guidance: the classifier-free guidance scale w of :func:`cfg` (None: no CFG; the model is called
         with y); ``interval`` and ``threshold`` are cfg's.
-    classifier: a :class:`ClassLogProb` (:func:`difflab.train_classifier.load_classifier`'s second
+    classifier: a :class:`ClassLogProb` (:func:`difflab.training.load_classifier`'s second
         value, or :func:`exact_log_prob`) applied on top with ``classifier_scale``; its class count
         must match the model's.
     ``cond`` is ``{"y": ids}`` (or None for an unguided unconditional model); a caller that samples

@@ -3,8 +3,8 @@ CONFIG.json OUT_DIR`` trains the config's run with N processes (see tests/test_t
 import json
 import sys
 
-from difflab.config import TrainConfig
-from difflab.train import train
+from difflab.training.config import TrainConfig
+from difflab.training.trainer import train
 
 if __name__ == "__main__":
     config = TrainConfig.from_dict(json.loads(open(sys.argv[1]).read()))

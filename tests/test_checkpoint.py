@@ -1,4 +1,4 @@
-"""Tests for difflab.checkpoint: the model directory round-trips, saving is atomic, loading never
+"""Tests for difflab.training.checkpoint and difflab.pipeline: the model directory round-trips, saving is atomic, loading never
 unpickles, user errors are CheckpointErrors, and sampling (labels, guidance, batching) is right."""
 import json
 import os
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import difflab
-from difflab import checkpoint
-from difflab.checkpoint import CheckpointError, TrainedModel, load, save_checkpoint
-from difflab.config import TrainConfig
+from difflab.training import checkpoint
+from difflab.pipeline import TrainedModel, load
+from difflab.training.checkpoint import CheckpointError, save_checkpoint
+from difflab.training.config import TrainConfig
 from difflab.denoisers import NetworkDenoiser
 from difflab.nets import MLPConfig, build_network
 from difflab.schedules import EDM

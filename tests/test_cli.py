@@ -42,8 +42,6 @@ def assert_user_error(result, *phrases):
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "difflab")
 def test_every_command_has_help(capsys, command):
-    if command == ["bench", "samplers"]:
-        pytest.importorskip("difflab.bench_samplers")
     status, out, _ = run(capsys, *command, "--help")
     assert status == 0
     assert out.startswith("usage: difflab")
@@ -101,7 +99,7 @@ def test_info_lists_presets_and_samplers(capsys):
 @pytest.fixture(scope="module")
 def toy_model(tmp_path_factory):
     """A 2-D model trained for 30 steps through the command line."""
-    pytest.importorskip("difflab.train")
+    pytest.importorskip("difflab.training")
     out = tmp_path_factory.mktemp("toy")
     assert main(["train", "--preset", "toy2d", "--out", str(out), "--steps", "30", "--batch-size", "64"]) == 0
     return out
@@ -133,7 +131,7 @@ def test_info_and_eval_of_a_toy_model(capsys, toy_model, tmp_path):
 
 def test_digits_model_sample_and_eval(capsys, tmp_path):
     """A conditional digits model after two steps: the commands run end to end (quality is not the point)."""
-    pytest.importorskip("difflab.train")
+    pytest.importorskip("difflab.training")
     out = tmp_path / "run"
     assert main(["train", "--preset", "digits-cond", "--out", str(out), "--steps", "2", "--batch-size", "8",
                  "--set", "sample_every=0"]) == 0
@@ -149,43 +147,52 @@ def test_digits_model_sample_and_eval(capsys, tmp_path):
 
 
 def test_bench_samplers_is_delegated(capsys, monkeypatch):
-    bench = pytest.importorskip("difflab.bench_samplers")
+    from difflab.bench import samplers as bench
+
     seen = {}
 
-    def fake_run_cli(args):
-        seen.update(vars(args))
-        return 0
+    def fake_run(out, problems, n, n_stochastic, optimise):
+        seen.update(out=out, problems=problems, n=n, n_stochastic=n_stochastic, optimise=optimise)
 
-    monkeypatch.setattr(bench, "run_cli", fake_run_cli)
+    monkeypatch.setattr(bench, "run", fake_run)
     status, _, _ = run(capsys, "bench", "samplers", "--quick", "--out", "somewhere")
     assert status == 0
-    assert seen["quick"] and seen["out"] == "somewhere"
+    assert seen == {"out": "somewhere", "problems": ("gmm2d", "gmm64"), "n": 128, "n_stochastic": 500,
+                    "optimise": False}
+
+
+def test_bench_problem_names_match_the_benchmark():
+    """The CLI names the problems without importing torch; they must be the benchmark's."""
+    from difflab.bench.samplers import PROBLEMS
+    from difflab.cli.bench import PROBLEMS as CLI_PROBLEMS
+
+    assert sorted(CLI_PROBLEMS) == sorted(PROBLEMS)
 
 
 def test_keyboard_interrupt_exits_130(capsys, monkeypatch):
-    import difflab.cli as cli
+    from difflab.cli import info
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_info", interrupted)
+    monkeypatch.setattr(info, "run", interrupted)
     assert run(capsys, "info")[0] == 130
 
 
 def test_vp_scaling_keeps_unit_variance():
     """x_t = (x0 + sigma n) / sqrt(1 + sigma^2) has unit variance for unit-variance data at every sigma."""
-    from difflab.demo import _vp_scaled
+    from difflab.cli.figures import vp_scaled
 
     g = torch.Generator().manual_seed(0)
     x0, n = torch.randn(2, 200_000, generator=g, dtype=torch.float64)
     for sigma in (0.0, 0.5, 3.0, 80.0):
-        assert _vp_scaled(x0 + sigma * n, sigma).var().item() == pytest.approx(1.0, abs=0.01)
+        assert vp_scaled(x0 + sigma * n, sigma).var().item() == pytest.approx(1.0, abs=0.01)
 
 
 def test_demo_figures_of_an_untrained_model(tmp_path):
     """The figure functions on a freshly built (untrained) digits UNet: every file is written, and the
     reverse trajectory has one column per step plus the result."""
-    from difflab import demo
+    from difflab.cli import figures as demo
     from difflab.denoisers import NetworkDenoiser
     from difflab.nets import UNET_PRESETS, UNet
     from difflab.schedules import EDM, karras_sigmas

@@ -8,7 +8,7 @@ from PIL import Image
 from difflab.cli import main
 from test_cli import assert_user_error, run  # tests/ is on sys.path (pytest rootdir import)
 
-pytest.importorskip("difflab.train")
+pytest.importorskip("difflab.training")
 
 TINY = ["--steps", "2", "--batch-size", "8", "--set", "sample_every=0", "--set", "net.base_channels=8",
         "--set", "net.groups=8", "--set", "net.num_res_blocks=1", "--set", "net.attn_resolutions=[]"]

@@ -1,4 +1,4 @@
-"""Tests for difflab.data and difflab.imageio: exact pixel mappings, the distributions' stated
+"""Tests for difflab.training.data and difflab.io.images: exact pixel mappings, the distributions' stated
 moments and supports, split partitions, and batching as a pure function of (seed, step)."""
 
 import math
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from difflab import imageio
-from difflab.data import BUILTINS, TOY_SETS, DataError, Dataset, batch_indices, load_dataset
+from difflab.io import images as imageio
+from difflab.training.data import BUILTINS, TOY_SETS, DataError, Dataset, batch_indices, load_dataset
 
 
 def _sorted_rows(x: torch.Tensor) -> np.ndarray:

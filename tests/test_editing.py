@@ -10,9 +10,9 @@ import difflab
 from difflab.editing import (Colorization, Inpainting, LinearOperator, SuperResolution, ddrm, ilvr, inpaint,
                              invert, low_pass, reconstruct, repaint_schedule, replaced_denoiser, sdedit)
 from difflab.exact import GaussianMixture, random_mixture, ring_mixture
-from difflab.metrics import sliced_wasserstein
+from difflab.evaluation.metrics import sliced_wasserstein
 from difflab.samplers import STOCHASTIC
-from difflab.samplers._common import ancestral_step
+from difflab.samplers.stepping import ancestral_step
 
 SMIN, SMAX = 0.002, 80.0
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from difflab import evaluate
-from difflab.data import load_dataset
-from difflab.metrics import frechet_distance, gaussian_stats
+from difflab.evaluation import digits as evaluate
+from difflab.training.data import load_dataset
+from difflab.evaluation.metrics import frechet_distance, gaussian_stats
 
 
 @pytest.fixture(scope="module", autouse=True)

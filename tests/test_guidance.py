@@ -209,7 +209,7 @@ def test_guided_denoiser_composes_both_methods(gmm):
 
 
 def test_train_classifier_saves_and_loads(tmp_path):
-    from difflab.train_classifier import load_classifier, train_classifier
+    from difflab.training.classifier import load_classifier, train_classifier
 
     net = {"base_channels": 16, "channel_mult": [1], "pool": "average"}
     meta = train_classifier("digits", tmp_path / "cls", steps=3, batch_size=16, net=net, progress=False)

@@ -1,16 +1,16 @@
 """Learned variances in training (hybrid loss, Nichol & Dhariwal 2021) and their use in the bound
-and in ancestral sampling (difflab.learned_variance)."""
+and in ancestral sampling (difflab.likelihood.learned)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from difflab.checkpoint import load
-from difflab.config import PRESETS, TrainConfig
+from difflab.pipeline import load
+from difflab.training.config import PRESETS, TrainConfig
 from difflab.denoisers import NetworkDenoiser
-from difflab.learned_variance import LearnedVariance, hybrid_vlb_term, learned_log_variance_fn
+from difflab.likelihood.learned import LearnedVariance, hybrid_vlb_term, learned_log_variance_fn
 from difflab.likelihood import elbo_bpd, interpolated_log_variance
-from difflab.losses import denoising_loss
+from difflab.training.losses import denoising_loss
 from difflab.nets import UNet, UNetConfig
 from difflab.samplers import ddpm
 from difflab.schedules import DiscreteVP, discrete_sigmas
@@ -65,7 +65,7 @@ def test_vlb_weight_is_validated_and_old_configs_load():
 
 
 def test_digits_iddpm_trains_saves_loads_and_samples(tmp_path):
-    from difflab.train import train
+    from difflab.training.trainer import train
 
     torch.set_num_threads(1)
     config = PRESETS["digits-iddpm"].replace(steps=5, batch_size=16, ckpt_every=0, sample_every=0, log_every=1,

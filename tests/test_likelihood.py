@@ -16,7 +16,7 @@ from difflab.likelihood import (BIN_WIDTH, analytic_dpm_gamma, analytic_dpm_vari
                                 vlb_term_loss)
 from difflab.likelihood.elbo import _chain
 from difflab.likelihood.ode import _drift
-from difflab.samplers._common import ancestral_step
+from difflab.samplers.stepping import ancestral_step
 from difflab.schedules import DiscreteVP, ddpm_posterior
 
 SMIN, SMAX = 0.002, 80.0

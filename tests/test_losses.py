@@ -1,4 +1,4 @@
-"""Tests for difflab.losses: training sigma distributions, weightings expressed across
+"""Tests for difflab.training.losses: training sigma distributions, weightings expressed across
 parametrizations, and the loss of the exact denoiser as the irreducible minimum (posterior variance
 for Gaussian data, Monte Carlo with stated tolerances)."""
 import math
@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy import stats
 
-from difflab.config import TrainConfig
+from difflab.training.config import TrainConfig
 from difflab.denoisers import NetworkDenoiser, append_dims, edm_coefficients, prediction_from_x0
 from difflab.exact import GaussianMixture
-from difflab.losses import (denoising_loss, diffusion_loss, draw_noise, drop_labels, loss_weight,
+from difflab.training.losses import (denoising_loss, diffusion_loss, draw_noise, drop_labels, loss_weight,
                             network_target, sample_training_sigmas, x0_weight)
 from difflab.nets import MLPConfig, MLPDenoiserNet
 from difflab.schedules import EDM, VE, ContinuousVP, DiscreteVP

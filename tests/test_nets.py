@@ -9,7 +9,8 @@ import torch
 
 from difflab.nets import (UNET_PRESETS, ClassifierConfig, MLPConfig, MLPDenoiserNet, NoisyClassifier,
                           UNet, UNetConfig, build_network, count_parameters)
-from difflab.nets.unet import AttentionBlock, GroupNorm, sinusoidal_embedding
+from difflab.nets.layers import GroupNorm, sinusoidal_embedding
+from difflab.nets.unet import AttentionBlock
 
 TINY = UNetConfig(in_channels=3, resolution=8, base_channels=16, channel_mult=(1, 2),
                   num_res_blocks=1, attn_resolutions=(4,), num_heads=2, dropout=0.0, groups=8)

@@ -8,7 +8,7 @@ import torch
 import difflab
 from difflab.denoisers import CountingDenoiser
 from difflab.exact import random_mixture, ring_mixture
-from difflab.metrics import sliced_wasserstein
+from difflab.evaluation.metrics import sliced_wasserstein
 from difflab.samplers import SAMPLERS, STOCHASTIC, denoiser_calls
 
 SMIN, SMAX = 0.002, 80.0

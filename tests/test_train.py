@@ -1,4 +1,4 @@
-"""Tests for difflab.config and difflab.train: config round trips and coercion, schedules of lr and
+"""Tests for difflab.training.config and difflab.training.trainer: config round trips and coercion, schedules of lr and
 EMA, bit-exact resume, gradient accumulation and two processes equal one process with the whole
 batch, and the run's outputs."""
 import csv
@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 import difflab
-from difflab.checkpoint import CheckpointError
-from difflab.config import PRESETS, TrainConfig, config_from_dict, load_config, save_config
+from difflab.training.checkpoint import CheckpointError
+from difflab.training.config import PRESETS, TrainConfig, config_from_dict, load_config, save_config
 from difflab.nets import MLPConfig
-from difflab.train import ema_decay_at, lr_at, step_seed, train, update_ema
+from difflab.training.trainer import ema_decay_at, lr_at, step_seed, train, update_ema
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers")
 import torch  # noqa: E402
 
 import difflab  # noqa: E402
-from difflab.compare_diffusers import FLOAT32_STEP, run_diffusers  # noqa: E402
+from difflab.bench.vs_diffusers import FLOAT32_STEP, run_diffusers  # noqa: E402
 from difflab.denoisers import CountingDenoiser  # noqa: E402
 from difflab.exact import random_mixture, ring_mixture  # noqa: E402
 from difflab.samplers import denoiser_calls  # noqa: E402

@@ -1,7 +1,7 @@
 """Editing and inverse problems with an unconditional (or conditional) denoiser.
 
 Every editor is a plain function ``editor(denoiser, input, sigmas, *, options) -> x`` over the
-Denoiser contract of DESIGN.md, usable with any trained model or exact oracle:
+Denoiser contract of docs/design.md, usable with any trained model or exact oracle:
 
 - :func:`inpaint`: the replacement method (Song et al. 2021) and RePaint (Lugmayr et al. 2022);
 - :func:`sdedit`: SDEdit (Meng et al. 2022);

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ..samplers._common import denoise, noise_like, report, steps
+from ..samplers.stepping import denoise, noise_like, report, steps
 from .inpaint import check_mask
 
 __all__ = ["LinearOperator", "Inpainting", "SuperResolution", "Colorization", "ddrm"]

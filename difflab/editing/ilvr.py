@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..samplers import sample
-from ..samplers._common import noise_like, steps
+from ..samplers.stepping import noise_like, steps
 from .ddrm import SuperResolution
 
 __all__ = ["ilvr", "low_pass"]

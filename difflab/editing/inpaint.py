@@ -14,7 +14,7 @@ import torch
 
 from ..denoisers import append_dims
 from ..samplers import sample
-from ..samplers._common import noise_like
+from ..samplers.stepping import noise_like
 
 __all__ = ["inpaint", "replaced_denoiser", "repaint_schedule", "check_mask"]
 
@@ -107,7 +107,7 @@ _METHODS = {"replace": _replace, "repaint": _repaint}
 
 def inpaint(denoiser, x_known: torch.Tensor, mask, sigmas, *, method: str = "repaint", generator=None,
             **options) -> torch.Tensor:
-    """Fill in the pixels where ``mask`` is 0, keeping those where it is 1 (DESIGN.md "Editing").
+    """Fill in the pixels where ``mask`` is 0, keeping those where it is 1 (docs/design.md "Editing").
 
     ``method="replace"``: Song et al. (2021, App. I.2): one run of ``sampler`` (default ``"ddpm"``,
     any name of ``difflab.SAMPLERS`` but ``rk45``) whose every denoiser call sees the known pixels

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..samplers import STOCHASTIC, sample
-from ..samplers._common import denoise
-from ..samplers.ode import _heun_step
+from ..samplers.stepping import denoise, euler_step, heun_step
 
 __all__ = ["invert", "reconstruct"]
 
@@ -38,9 +37,9 @@ def invert(denoiser, x0: torch.Tensor, sigmas, *, sampler: str = "heun", cond=No
             raise ValueError(f"sigmas must decrease and be positive before the last; got {sigma_next} -> {sigma}")
         d0 = denoise(denoiser, x, sigma, cond)
         if sampler == "heun":
-            x = _heun_step(denoiser, x, d0, sigma, sigma_next, cond)
+            x = heun_step(denoiser, x, d0, sigma, sigma_next, cond)
         else:
-            x = x + (sigma_next - sigma) * (x - d0) / sigma
+            x = euler_step(x, d0, sigma, sigma_next)
     return x
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..samplers import sample
-from ..samplers._common import noise_like
+from ..samplers.stepping import noise_like
 
 __all__ = ["sdedit"]
 

@@ -1,12 +1,15 @@
-"""Likelihood of diffusion models: the exact log-likelihood by the probability-flow ODE, the
-variational bound of discrete-time models, learned (Nichol & Dhariwal 2021) and analytic
-(Bao et al. 2022) reverse variances. See docs/likelihood.md."""
+"""Likelihood of diffusion models: the exact log-likelihood by the probability-flow ODE (:mod:`.ode`),
+the variational bound of discrete-time models (:mod:`.elbo`), learned (Nichol & Dhariwal 2021,
+:mod:`.learned`) and analytic (Bao et al. 2022, :mod:`.analytic`) reverse variances. See
+docs/likelihood.md."""
 from .analytic import analytic_dpm_gamma, analytic_dpm_variance
 from .elbo import (ancestral_variance, discretized_gaussian_log_likelihood, elbo_bpd, elbo_terms,
                    fixed_variance, interpolated_log_variance, normal_kl, vlb_term_loss)
+from .learned import LearnedVariance, hybrid_vlb_term, learned_log_variance_fn, learns_sigma, timesteps_of_sigma
 from .ode import BIN_WIDTH, bits_per_dim, dequantize, ode_nll
 
 __all__ = ["ode_nll", "bits_per_dim", "dequantize", "BIN_WIDTH", "elbo_terms", "elbo_bpd",
            "normal_kl", "discretized_gaussian_log_likelihood", "fixed_variance",
            "interpolated_log_variance", "vlb_term_loss", "ancestral_variance",
-           "analytic_dpm_gamma", "analytic_dpm_variance"]
+           "analytic_dpm_gamma", "analytic_dpm_variance", "LearnedVariance", "learned_log_variance_fn",
+           "learns_sigma", "hybrid_vlb_term", "timesteps_of_sigma"]

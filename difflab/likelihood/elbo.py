@@ -13,7 +13,7 @@ a_k = alpha_bar_{t_k}, a_{-1} = 1, step beta_k = 1 - a_k / a_{k-1} and beta~_k =
 each expectation estimated with one draw of x_{t_k}. The model's reverse step is
 N(mu(x0_hat, x_t), sigma_k^2) with mu the posterior mean of q(x_{t_{k-1}} | x_t, x0) (Ho et al.
 2020, eq. 7) at the denoiser's x0_hat. In difflab's convention the denoiser sees x = x_t / sqrt(a_k)
-at sigma_k = sqrt((1 - a_k) / a_k) (DESIGN.md); the step's variance is on the x_t scale, as in the papers.
+at sigma_k = sqrt((1 - a_k) / a_k) (docs/design.md); the step's variance is on the x_t scale, as in the papers.
 """
 from __future__ import annotations
 

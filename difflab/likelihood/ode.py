@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ..samplers.adaptive import A, C, E
+from ..samplers.stepping import dopri5_step
 
 __all__ = ["ode_nll", "bits_per_dim", "dequantize", "BIN_WIDTH"]
 
@@ -61,21 +61,6 @@ def _drift(denoiser, x, log_sigma, probes, cond):
     return (x - d_out).detach(), x[0].numel() - trace
 
 
-def _dopri_step(fn, x, delta, k1, t, h, rows):
-    """One Dormand–Prince RK5(4) step of [x, delta] for the samples ``rows``, with per-sample steps
-    h: the 5th-order solution, its derivative (FSAL) and the embedded error estimates."""
-    hx = h.reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
-    hd = h[:, None]
-    ks = [k1]
-    for stage in range(1, 7):
-        xs = x + hx * sum(a * k[0] for a, k in zip(A[stage], ks) if a != 0)
-        ds = delta + hd * sum(a * k[1] for a, k in zip(A[stage], ks) if a != 0)
-        ks.append(fn(xs, t + C[stage] * h, rows))
-    err_x = hx * sum(e * k[0] for e, k in zip(E, ks) if e != 0)
-    err_d = hd * sum(e * k[1] for e, k in zip(E, ks) if e != 0)
-    return xs, ds, ks[6], err_x, err_d
-
-
 def _error_norm(x, x_new, err_x, d, d_new, err_d, rtol, atol):
     """Per sample: the larger of the RMS scaled error of x (Hairer, Norsett & Wanner 1993,
     sec. II.4) and the max scaled error of delta, so the log-density meets the tolerance by itself."""
@@ -104,7 +89,8 @@ def _integrate(fn, x, delta, t0, t_end, rtol, atol, max_steps, progress):
         if bool((steps[i.cpu()] + rejected[i.cpu()] >= max_steps).any()):
             raise RuntimeError(f"ode_nll did not reach sigma_max in {max_steps} steps (rtol={rtol}, atol={atol})")
         h_i = torch.minimum(h[i], t_end - t[i])
-        x_new, d_new, k_new, err_x, err_d = _dopri_step(fn, x[i], delta[i], (k[0][i], k[1][i]), t[i], h_i, i)
+        (x_new, d_new), k_new, (err_x, err_d) = dopri5_step(lambda y, t_: fn(y[0], t_, i), (x[i], delta[i]),
+                                                            (k[0][i], k[1][i]), t[i], h_i)
         err = _error_norm(x[i], x_new, err_x, delta[i], d_new, err_d, rtol, atol)
         ok = err <= 1
         j = i[ok]
@@ -148,7 +134,7 @@ def ode_nll(denoiser, x, *, sigma_min: float = 0.002, sigma_max: float = 80.0, t
             cond: dict | None = None, max_steps: int = 10_000):
     """Negative log-likelihood in nats (B,) of each x under the probability-flow ODE from sigma_min
     to sigma_max with the prior N(0, sigma_max^2 I): the density of the model's data smoothed by
-    N(0, sigma_min^2 I) (DESIGN.md "Likelihood"; Song et al. 2021, App. D.2; Chen et al. 2018).
+    N(0, sigma_min^2 I) (docs/design.md "Likelihood"; Song et al. 2021, App. D.2; Chen et al. 2018).
 
         -log p(x) = -log N(x(s_max); 0, sigma_max^2 I) - int_{s_min}^{s_max} (d - tr dD/dx) ds,
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import ConditionEmbedding, Encoder, EncoderConfig, GroupNorm
+from .layers import ConditionEmbedding, GroupNorm
+from .unet import Encoder, EncoderConfig
 
 __all__ = ["ClassifierConfig", "NoisyClassifier", "AttentionPool"]
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import ConditionEmbedding, JSONConfig, zero_init
+from .layers import ConditionEmbedding, JSONConfig, zero_init
 
 __all__ = ["MLPConfig", "MLPDenoiserNet"]
 

@@ -1,10 +1,15 @@
 """Samplers: pure functions ``(denoiser, x, sigmas, *, generator, callback, progress, cond, **options) -> x``.
 
-``SAMPLERS`` maps each name of DESIGN.md to its function; :func:`sample` is the single entry point.
+``SAMPLERS`` maps each name of docs/design.md to its function; :func:`sample` is the single entry
+point, :func:`generate` draws many samples from fresh noise in batches. The steps they share are in
+:mod:`.stepping`.
 """
 from __future__ import annotations
 
 import inspect
+import math
+
+import torch
 
 from .adaptive import rk45
 from .ancestral import ddim, ddpm, euler_ancestral
@@ -67,4 +72,39 @@ def sample(denoiser, x, sigmas, sampler: str = "dpmpp_2m", *, generator=None, ca
                              progress=progress, **options)
 
 
-__all__ = ["SAMPLERS", "STOCHASTIC", "sample", "sampler_options", "denoiser_calls", *SAMPLERS]
+#: Default batch of :func:`generate`: about this many numbers per batch of x.
+SAMPLE_BUDGET = 2**18
+
+
+def generate(denoiser, shape, n: int, sigmas, sampler: str = "dpmpp_2m", *, noise=None, generator=None,
+             cond: dict | None = None, batch_size: int | None = None, progress: bool = False,
+             **options) -> torch.Tensor:
+    """n samples of one-sample shape ``shape``: :func:`sample` from ``x = sigmas[0] z``, z ~ N(0, I),
+    in batches of ``batch_size`` (default: about :data:`SAMPLE_BUDGET` numbers each), under
+    ``torch.inference_mode``, collected as float32 on the CPU.
+
+    ``noise``: the standard normal z, (n, *shape), to start from (two models compared point by
+    point); without it each batch's z is drawn from ``generator`` just before that batch is sampled,
+    on ``sigmas``' device. ``cond`` values that are tensors with n rows are sliced with the batch.
+    """
+    shape = tuple(shape)
+    if noise is not None and tuple(noise.shape) != (n, *shape):
+        raise ValueError(f"noise must have shape {(n, *shape)}, got {tuple(noise.shape)}")
+    batch_size = batch_size or max(1, SAMPLE_BUDGET // math.prod(shape))
+    device = sigmas.device if torch.is_tensor(sigmas) else torch.device("cpu")
+    out = []
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            z = (torch.randn((b, *shape), generator=generator, device=device) if noise is None
+                 else noise[start:start + b].to(device, torch.float32))
+            rows = {k: v[start:start + b].to(device) if torch.is_tensor(v) and v.ndim and len(v) == n else v
+                    for k, v in (cond or {}).items()}
+            x = sample(denoiser, sigmas[0] * z, sigmas, sampler, generator=generator, progress=progress,
+                       cond=rows or None, **options)
+            out.append(x.float().cpu())
+    return torch.cat(out)
+
+
+__all__ = ["SAMPLERS", "STOCHASTIC", "SAMPLE_BUDGET", "sample", "generate", "sampler_options", "denoiser_calls",
+           *SAMPLERS]

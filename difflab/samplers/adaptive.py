@@ -7,22 +7,7 @@ import math
 
 import torch
 
-from ._common import denoise, report
-
-# Dormand–Prince tableau: nodes C, stages A, 5th-order weights B5 (= last row of A, FSAL),
-# and B5 - B4, the embedded error estimate.
-C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-)
-E = (35 / 384 - 5179 / 57600, 0.0, 500 / 1113 - 7571 / 16695, 125 / 192 - 393 / 640,
-     -2187 / 6784 + 92097 / 339200, 11 / 84 - 187 / 2100, -1 / 40)
+from .stepping import denoise, dopri5_step, report
 
 
 def rk45(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
@@ -41,11 +26,11 @@ def rk45(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, 
     t, t_end = math.log(s_start), math.log(s_end)
     counter = {"nfe": 0, "steps": 0, "rejected": 0}
 
-    def f(x_, t_):
+    def f(y, t_):
         counter["nfe"] += 1
-        return x_ - denoise(denoiser, x_, math.exp(t_), cond)
+        return (y[0] - denoise(denoiser, y[0], math.exp(t_), cond),)
 
-    k1 = f(x, t)
+    k1 = f((x,), t)
     h = -min(0.05 * (t - t_end), 0.5)
     bar = None
     if progress:
@@ -54,18 +39,13 @@ def rk45(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, 
         bar = tqdm(total=round(t - t_end, 3), desc="rk45", leave=False)
     while t > t_end and counter["steps"] + counter["rejected"] < max_steps:
         h = max(h, t_end - t)  # h < 0: towards smaller sigma
-        ks = [k1]
-        for stage in range(1, 7):
-            xs = x + h * sum(a * k for a, k in zip(A[stage], ks) if a != 0)
-            ks.append(f(xs, t + C[stage] * h))
-        x_new = xs  # stage 7 is evaluated at the 5th-order solution (FSAL)
-        err = h * sum(e * k for e, k in zip(E, ks) if e != 0)
+        (x_new,), k_new, (err,) = dopri5_step(f, (x,), k1, t, h)
         scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
         err_norm = float((err / scale).square().mean().sqrt())
         if err_norm <= 1:
-            t, x, k1 = t + h, x_new, ks[6]
+            t, x, k1 = t + h, x_new, k_new
             counter["steps"] += 1
-            report(callback, counter["steps"] - 1, x, math.exp(t - h), math.exp(t), x - k1)
+            report(callback, counter["steps"] - 1, x, math.exp(t - h), math.exp(t), x - k1[0])
             if bar is not None:
                 bar.update(round(-h, 3))
         else:

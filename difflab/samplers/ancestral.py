@@ -1,6 +1,6 @@
 """DDIM, DDPM and Euler ancestral: one denoising step to sigma_down plus fresh noise of std sigma_up.
 
-In the VE convention the three are the same update (``ancestral_step`` in ``_common``):
+In the VE convention the three are the same update (:func:`.stepping.ancestral_step`):
 
     x' = D + sigma_down (x - D) / sigma + sigma_up z,   sigma_down^2 + sigma_up^2 = sigma'^2,
 
@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ._common import ancestral_step, denoise, noise_like, report, steps
+from .stepping import ancestral_step, denoise, noise_like, report, steps
 
 
 def _upper_variance(x, s, s_next):

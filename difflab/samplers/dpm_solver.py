@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ._common import denoise, noise_like, report, steps
+from .stepping import denoise, noise_like, report, steps
 
 
 def _eps(denoiser, x, s, cond):

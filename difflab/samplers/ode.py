@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ._common import denoise, noise_like, report, steps
+from .stepping import denoise, euler_step, heun_step, noise_like, report, steps
 
 
 def euler(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None):
@@ -16,19 +16,8 @@ def euler(denoiser, x, sigmas, *, generator=None, callback=None, progress=False,
     for i, s, s_next in steps(sigmas, progress, "euler"):
         d0 = denoise(denoiser, x, s, cond)
         report(callback, i, x, s, s_next, d0)
-        x = x + (s_next - s) * (x - d0) / s
+        x = euler_step(x, d0, s, s_next)
     return x
-
-
-def _heun_step(denoiser, x, d0, s, s_next, cond):
-    """Heun's 2nd-order step from s to s' given d0 = D(x, s) (Karras et al. 2022, Alg. 1 lines 5-8);
-    a plain Euler step when s' = 0."""
-    slope = (x - d0) / s
-    x_euler = x + (s_next - s) * slope
-    if s_next == 0:
-        return x_euler
-    slope_next = (x_euler - denoise(denoiser, x_euler, s_next, cond)) / s_next
-    return x + (s_next - s) * 0.5 * (slope + slope_next)
 
 
 def heun(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None):
@@ -38,7 +27,7 @@ def heun(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, 
     for i, s, s_next in steps(sigmas, progress, "heun"):
         d0 = denoise(denoiser, x, s, cond)
         report(callback, i, x, s, s_next, d0)
-        x = _heun_step(denoiser, x, d0, s, s_next, cond)
+        x = heun_step(denoiser, x, d0, s, s_next, cond)
     return x
 
 
@@ -58,5 +47,5 @@ def edm_stochastic(denoiser, x, sigmas, *, generator=None, callback=None, progre
             x = x + math.sqrt(s_hat**2 - s**2) * S_noise * noise_like(x, generator)
         d0 = denoise(denoiser, x, s_hat, cond)
         report(callback, i, x, s_hat, s_next, d0)
-        x = _heun_step(denoiser, x, d0, s_hat, s_next, cond)
+        x = heun_step(denoiser, x, d0, s_hat, s_next, cond)
     return x

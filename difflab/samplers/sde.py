@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ._common import denoise, noise_like, report, steps
+from .stepping import denoise, noise_like, report, steps
 
 
 def _reverse_sde_step(x, d0, s, s_next, z):

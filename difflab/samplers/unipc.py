@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ._common import denoise, report, steps
+from .stepping import denoise, report, steps
 
 
 def unipc_rhs(h: float, order: int) -> list[float]:

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .samplers._common import denoise
+from ..samplers.stepping import denoise
 
 #: name -> (diffusers class, config). Every entry that matters for a fair comparison is spelled out,
 #: even where it is diffusers' default, so that a change of defaults cannot silently change the run.

@@ -1,37 +1,29 @@
-"""`difflab demo`: train a small digits model on CPU and show what a diffusion model does.
+"""Figures that show what a diffusion model does: the forward (noising) process, one reverse
+trajectory step by step, and the same noise through several samplers (used by `difflab demo`).
 
-In a few minutes on two CPU cores it trains the `digits` preset, then writes four figures: samples,
-the forward (noising) process, one reverse trajectory step by step, and a comparison of samplers
-from the same noise; and it reports the Fréchet distance and class histogram of 300 samples in the
-features of a reference digits classifier (`difflab.evaluate`).
-
-The figure functions take any Denoiser and a sigma sequence, so they serve other models too.
+Each takes any Denoiser and a sigma sequence, so they serve every model.
 """
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .samplers import STOCHASTIC, denoiser_calls, sample
+from ..io.images import save_figure
+from ..samplers import STOCHASTIC, denoiser_calls, sample
 
-__all__ = ["run", "forward_process_figure", "reverse_trajectory_figure", "sampler_figure",
+__all__ = ["forward_process_figure", "reverse_trajectory_figure", "sampler_figure", "vp_scaled",
            "DEMO_SAMPLERS", "FORWARD_SIGMAS"]
 
 DEMO_SAMPLERS = ("euler", "heun", "ddim", "dpm_solver_2", "dpmpp_2m", "dpmpp_3m", "unipc",
                  "euler_ancestral", "dpmpp_2m_sde")
 FORWARD_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 80.0)
-EVAL_N = 300  # the size of the held-out reference in difflab.evaluate
 PAD = 1
 
 
-# --- figures --------------------------------------------------------------------------------------
-
-
-def _vp_scaled(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def vp_scaled(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """x_t = x / sqrt(1 + sigma^2): the VE sample x = x0 + sigma n shown as the variance-preserving
     x_t = alpha x0 + std n with alpha = 1 / sqrt(1 + sigma^2) (Karras et al. 2022, Table 1), which
     stays in a displayable range at every noise level."""
@@ -77,9 +69,8 @@ def _save_labelled(tiles: torch.Tensor, path: Path, title: str, row_labels=(), c
     if xlabel:
         ax.set_xlabel(xlabel, fontsize=8)
     ax.set_title(title, fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight", pad_inches=0.1)  # fixed-aspect images: never crop a label
-    return path
+    # bbox "tight": the images keep their aspect, so the labels must never be cropped.
+    return save_figure(fig, path, bbox_inches="tight", pad_inches=0.1)
 
 
 def forward_process_figure(x0: torch.Tensor, path, sigmas=FORWARD_SIGMAS, seed: int = 0,
@@ -87,7 +78,7 @@ def forward_process_figure(x0: torch.Tensor, path, sigmas=FORWARD_SIGMAS, seed: 
     """Real images (N, C, H, W) noised at increasing sigma, x = x0 + sigma n with one n per image
     (rows: images, columns: sigma), displayed as the VP-scaled x_t = x / sqrt(1 + sigma^2)."""
     n = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    tiles = torch.stack([_vp_scaled(x0 + s * n, s) for s in sigmas], dim=1)
+    tiles = torch.stack([vp_scaled(x0 + s * n, s) for s in sigmas], dim=1)
     return _save_labelled(tiles, Path(path), "Forward process: x_t = (x0 + σ n) / √(1 + σ²)",
                           row_labels=row_labels, col_labels=[f"{s:g}" for s in sigmas], xlabel="σ")
 
@@ -100,7 +91,7 @@ def reverse_trajectory_figure(denoiser, noise: torch.Tensor, sigmas: torch.Tenso
     xs, x0_hats = [], []
 
     def record(info):
-        xs.append(_vp_scaled(info["x"], info["sigma"]))
+        xs.append(vp_scaled(info["x"], info["sigma"]))
         x0_hats.append(info["denoised"])
 
     with torch.no_grad():
@@ -130,74 +121,3 @@ def sampler_figure(denoiser, noise: torch.Tensor, sigmas: torch.Tensor, path,
         labels.append(f"{name} ({denoiser_calls(name, sigmas)} calls{mark})")
     return _save_labelled(torch.stack(rows), Path(path),
                           f"Samplers with {len(sigmas) - 1} steps from the same noise", row_labels=labels)
-
-
-# --- the demo -------------------------------------------------------------------------------------
-
-
-class _Stages:
-    """Prints numbered stage lines, each followed by the time it took."""
-
-    def __init__(self, total: int):
-        self.total, self.k, self.start = total, 0, time.perf_counter()
-        self.t = self.start
-
-    def __call__(self, text: str | None = None) -> float:
-        """Close the current stage and open the next with `text` (None: just close); returns the
-        seconds since the start."""
-        now = time.perf_counter()
-        if self.k:
-            print(f"      done in {now - self.t:.1f} s", flush=True)
-        if text is not None:
-            self.k, self.t = self.k + 1, now
-            print(f"[{self.k}/{self.total}] {text}", flush=True)
-        return now - self.start
-
-
-def run(out_dir="difflab-demo", steps: int | None = None, progress: bool = True) -> dict:
-    """Train the `digits` preset into `out_dir/model` (`steps` overrides its training steps; a model
-    already there is reused, or trained further up to `steps`), write samples.png,
-    forward_process.png, reverse_trajectory.png and samplers.png to `out_dir`, and print the
-    evaluation. Returns the evaluation dict plus the written paths ("files") and the total time
-    ("seconds")."""
-    from . import imageio, load
-    from .config import PRESETS
-    from .data import load_dataset
-    from .evaluate import evaluate_digits, format_digits_eval
-    from .schedules import karras_sigmas
-    from .train import train
-
-    out = Path(out_dir)
-    stage = _Stages(4)
-    config = PRESETS["digits"] if steps is None else PRESETS["digits"].replace(steps=steps)
-    stage(f"training the digits preset ({config.steps} steps) into {out / 'model'}")
-    # resume: a second demo in the same folder reuses (or finishes) the model instead of failing.
-    files = {"model": train(config, out, resume=True, progress=progress)}  # also out/samples, out/log.csv
-    model = load(files["model"])
-
-    stage("drawing 64 samples (dpmpp_2m, 20 steps)")
-    x = model.sample(64, steps=20, seed=0, progress=progress)
-    files["samples"] = imageio.save_grid(x, out / "samples.png", nrow=8, scale=6)
-
-    stage("drawing the forward process, a reverse trajectory and the sampler comparison")
-    test = load_dataset("digits", split="test")
-    first_of_each = torch.stack([(test.y == k).nonzero()[0, 0] for k in range(10)])
-    files["forward_process"] = forward_process_figure(test.x[first_of_each], out / "forward_process.png",
-                                                      row_labels=[str(k) for k in range(10)])
-    schedule = model.schedule
-    noise = torch.randn(10, *model.data_shape, generator=torch.Generator().manual_seed(0))
-    sigmas = karras_sigmas(20, schedule.sigma_min, schedule.sigma_max)
-    files["reverse_trajectory"] = reverse_trajectory_figure(model.denoiser, noise[:3], sigmas,
-                                                            out / "reverse_trajectory.png")
-    sigmas = karras_sigmas(10, schedule.sigma_min, schedule.sigma_max)
-    files["samplers"] = sampler_figure(model.denoiser, noise, sigmas, out / "samplers.png")
-
-    stage(f"evaluating {EVAL_N} samples (the reference classifier is trained on first use, then cached)")
-    result = evaluate_digits(model.sample(EVAL_N, steps=20, seed=1, progress=progress))
-    result["seconds"] = stage()
-    print(format_digits_eval(result))
-    print(f"demo finished in {result['seconds']:.0f} s; files:")
-    for name, path in files.items():
-        print(f"  {name:<20} {path}")
-    result["files"] = files
-    return result

@@ -9,8 +9,8 @@ uninterrupted run bit for bit, and since every process draws the global batch's 
 its own slice, W processes (or ``grad_accum`` micro-batches) compute the same gradient as one
 process with the whole batch, up to the order of floating-point sums.
 
-Output folder: ``model/`` (the model directory, see :mod:`difflab.checkpoint`), ``log.csv`` and
-``samples/step_XXXXXX.png``. Only rank 0 writes.
+Output folder: ``model/`` (the model directory, see :mod:`difflab.training.checkpoint`), ``log.csv``
+and ``samples/step_XXXXXX.png``. Only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import copy
 import csv
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +28,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import (MODEL_DIR, CheckpointError, TrainedModel, load_weights, read_config,
-                         read_training_state, recover, save_checkpoint)
+from ..denoisers import NetworkDenoiser
+from ..io import atomic
+from ..io.images import save_grid, save_scatter
+from ..nets import build_network
+from ..samplers import generate
+from ..schedules import karras_sigmas, make_schedule
+from .checkpoint import (MODEL_DIR, CheckpointError, load_weights, read_config, read_training_state, recover,
+                         save_checkpoint)
 from .config import TrainConfig
 from .data import Dataset, load_dataset
-from .denoisers import NetworkDenoiser
-from .imageio import save_grid, save_scatter
 from .losses import denoising_loss, draw_noise
-from .nets import build_network
-from .schedules import make_schedule
 
 __all__ = ["train", "prepare_data", "resolve_config", "step_seed", "ema_decay_at", "lr_at", "update_ema"]
 
@@ -261,17 +262,24 @@ def _log_row(run: _Run, path: Path, grad_norm: float, seconds: float) -> float:
 def _save_samples(run: _Run) -> Path:
     """A grid (or scatter plot) of EMA samples with a fixed seed, so grids compare across steps."""
     c, ds = run.config, run.ds
-    model = TrainedModel(run.ema if run.ema is not None else run.net, c, ds.shape, ds.class_names, ds.kind)
+    net = (run.ema if run.ema is not None else run.net).eval()
+    denoiser = NetworkDenoiser(net, run.denoiser.schedule, c.prediction, c.sigma_data)
+    schedule = denoiser.schedule
+    sigmas = karras_sigmas(c.sample_steps, schedule.sigma_min, schedule.sigma_max).to(run.device)
+    gen = torch.Generator(run.device).manual_seed(c.seed)
     path = run.out_dir / "samples" / f"step_{run.step:06d}.png"
     if ds.kind == "points":
-        x = model.sample(SAMPLE_POINTS, sampler=c.sample_sampler, steps=c.sample_steps, seed=c.seed)
+        n = SAMPLE_POINTS
+        y = None if c.num_classes is None else torch.arange(n) % c.num_classes
+    else:  # 8 per class for class-conditional models
+        y = None if c.num_classes is None else torch.arange(c.num_classes).repeat_interleave(SAMPLE_GRID // 8)
+        n = SAMPLE_GRID if y is None else len(y)
+    x = generate(denoiser, ds.shape, n, sigmas, c.sample_sampler, generator=gen,
+                 cond=None if y is None else {"y": y})
+    if ds.kind == "points":
         save_scatter(x, path, reference=ds.x[:SAMPLE_POINTS], title=f"step {run.step}")
     else:
-        per_class = SAMPLE_GRID // 8
-        y = None if c.num_classes is None else torch.arange(c.num_classes).repeat_interleave(per_class)
-        n = SAMPLE_GRID if y is None else len(y)
-        x = model.sample(n, sampler=c.sample_sampler, steps=c.sample_steps, seed=c.seed, y=y)
-        save_grid(x, path, nrow=8)
+        save_grid(x.clamp(-1, 1), path, nrow=8)
     run.net.train()
     return path
 
@@ -323,8 +331,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if rank == 0:
-            for tmp in out_dir.glob(".tmp-*"):
-                shutil.rmtree(tmp, ignore_errors=True)
+            atomic.remove_temporaries(out_dir)
             recover(out_dir)
         if world > 1:
             dist.barrier()

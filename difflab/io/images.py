@@ -1,29 +1,41 @@
 """Image helpers: [-1, 1] <-> uint8, PNG grids, scatter plots, reading one image file.
 
 Images are float tensors `(N, C, H, W)` (or `(C, H, W)` for one image) in [-1, 1], the convention
-of DESIGN.md; uint8 pixels map to it by `x = u / 127.5 - 1`, as in Ho et al. 2020 and Dhariwal &
+of docs/design.md; uint8 pixels map to it by `x = u / 127.5 - 1`, as in Ho et al. 2020 and Dhariwal &
 Nichol 2021 (guided_diffusion/image_datasets.py).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
-# A module import, not `from difflab.data import DataError`: data.py imports this module too.
-from difflab import data
+from . import atomic
+
+__all__ = ["DataError", "to_uint8", "save_grid", "save_scatter", "save_png", "save_figure", "load_image", "cover_crop",
+           "resize_crop", "convert_channels"]
 
 MIN_VISIBLE_PX = 32  # save_grid upscales smaller images (8x8 digits) to at least this size
 PAD_VALUE = 128  # grey: visible against both black and white backgrounds
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights of Pillow's convert("L")
+
+
+class DataError(ValueError):
+    """A data set or data file cannot be found or read; the message names it."""
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a Pillow image as a PNG file, atomically (:mod:`difflab.io.atomic`)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return atomic.write_bytes(path, buffer.getvalue())
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -61,10 +73,7 @@ def save_grid(
         top, left = pad + row * (hs + pad), pad + col * (ws + pad)
         grid[:, top : top + hs, left : left + ws] = tiles[i]
     pixels = grid.permute(1, 2, 0).numpy()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
-    return path
+    return save_png(Image.fromarray(pixels[..., 0] if c == 1 else pixels), path)
 
 
 def save_scatter(
@@ -77,6 +86,9 @@ def save_scatter(
 
     Drawn on a bare Agg canvas (no pyplot), so it touches no global matplotlib state.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     points = _as_points(points)
     fig = Figure(figsize=(4, 4.4 if reference is not None else 4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -90,10 +102,14 @@ def save_scatter(
     if title:
         ax.set_title(title)
     ax.set_aspect("equal", adjustable="datalim")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, **savefig_options) -> Path:
+    """Write a matplotlib figure as a PNG file, atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **savefig_options)
+    return atomic.write_bytes(path, buffer.getvalue())
 
 
 def _as_points(points: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -120,11 +136,11 @@ def load_image(path: str | Path, resolution: int | None = None, channels: int | 
     # Pillow's decoders raise a zoo of types for broken files (OSError, SyntaxError, ValueError,
     # zlib.error, DecompressionBombError); any failure here means "not a readable image".
     except Exception as e:  # noqa: BLE001
-        raise data.DataError(f"{path}: not a readable image ({e})") from e
+        raise DataError(f"{path}: not a readable image ({e})") from e
     if channels is None:
         channels = 1 if img.mode in GRAY_MODES else 3
     if channels not in (1, 3):
-        raise data.DataError(f"channels must be 1 or 3, got {channels}")
+        raise DataError(f"channels must be 1 or 3, got {channels}")
     img = _to_mode(img, "L" if channels == 1 else "RGB")
     if resolution is not None:
         nh, nw, top, left = cover_crop(img.height, img.width, resolution)
@@ -181,4 +197,4 @@ def convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
         return x[:, :3].contiguous()
     if channels == 1 and c in (3, 4):
         return torch.einsum("c,nchw->nhw", x.new_tensor(LUMA), x[:, :3])[:, None]
-    raise data.DataError(f"cannot convert {c}-channel images to {channels} channels")
+    raise DataError(f"cannot convert {c}-channel images to {channels} channels")

@@ -4,7 +4,7 @@ A ``learn_sigma`` UNet outputs ``[eps, v]`` (twice the data channels); :class:`N
 uses the first half, and this module reads the second:
 
 - :func:`hybrid_vlb_term` is the L_vlb part of the hybrid loss L_simple + lambda L_vlb (eq. 16),
-  used by :func:`difflab.losses.denoising_loss` when ``TrainConfig.vlb_weight`` (lambda) > 0;
+  used by :func:`difflab.training.losses.denoising_loss` when ``TrainConfig.vlb_weight`` (lambda) > 0;
 - :class:`LearnedVariance` / :func:`learned_log_variance_fn` give the learned log-variance as the
   callable ``(x, t) -> log sigma_t^2`` that ``difflab.likelihood.elbo_terms(variance=...)`` and
   ``ancestral_variance`` take, and :meth:`LearnedVariance.sampler_variance` the
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from .denoisers import append_dims
-from .likelihood import ancestral_variance, interpolated_log_variance, vlb_term_loss
-from .schedules import DiscreteVP
+from ..denoisers import append_dims
+from ..schedules import DiscreteVP
+from .elbo import ancestral_variance, interpolated_log_variance, vlb_term_loss
 
 __all__ = ["timesteps_of_sigma", "hybrid_vlb_term", "LearnedVariance", "learned_log_variance_fn",
            "learns_sigma"]

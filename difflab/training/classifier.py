@@ -11,15 +11,12 @@ Noise levels are drawn log-uniformly over [sigma_min, sigma_max] (the default, m
 timesteps of Dhariwal & Nichol) or lognormally, log sigma ~ N(P_mean, P_std^2) (Karras et al. 2022,
 sec. 5). The output directory holds ``classifier.safetensors`` and ``classifier.json`` (the config,
 number of classes, input convention, data info and held-out accuracies), written into a temporary
-folder and renamed into place, so it is always complete.
+folder and renamed into place (:func:`difflab.io.atomic.directory`), so it is always complete.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ..guidance import ClassLogProb, classifier_inputs, noisy_classifier_log_prob
+from ..io import atomic
+from ..nets import ClassifierConfig, NoisyClassifier
+from ..nets.layers import JSONConfig
 from .data import Dataset, load_dataset
-from .guidance import ClassLogProb, classifier_inputs, noisy_classifier_log_prob
-from .nets import ClassifierConfig, NoisyClassifier
-from .nets.unet import JSONConfig
 
 __all__ = ["ClassifierTrainConfig", "train_classifier", "load_classifier", "classifier_accuracy",
            "draw_sigmas", "lr_factor", "DEFAULT_NET", "EVAL_SIGMAS"]
@@ -123,7 +121,7 @@ def classifier_accuracy(net, ds: Dataset, sigmas=EVAL_SIGMAS, *, sigma_data: flo
 
 
 def train_classifier(data: str, out_dir, *, progress: bool = True, **options) -> dict:
-    """Train a :class:`~difflab.nets.NoisyClassifier` on ``data`` (a :func:`~difflab.data.load_dataset`
+    """Train a :class:`~difflab.nets.NoisyClassifier` on ``data`` (a :func:`~difflab.training.load_dataset`
     spec with labels) and save it to ``out_dir``; ``options`` are :class:`ClassifierTrainConfig`
     fields (``net`` updates :data:`DEFAULT_NET` key by key). Returns the saved metadata, including
     the held-out accuracy at :data:`EVAL_SIGMAS` (on the test split for built-in data)."""
@@ -181,21 +179,10 @@ def _check_out_dir(out_dir) -> Path:
 
 
 def _save(out_dir: Path, net: NoisyClassifier, meta: dict) -> None:
-    """Write both files into a sibling temporary folder, then swap it in for ``out_dir``."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    old = out_dir.parent / f".{out_dir.name}.old"
-    try:
+    """Write both files into a temporary folder and swap it in for ``out_dir`` (:mod:`difflab.io.atomic`)."""
+    with atomic.directory(out_dir) as tmp:
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp / "classifier.safetensors")
         (tmp / "classifier.json").write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_classifier(path, device="cpu") -> tuple[NoisyClassifier, ClassLogProb]:

@@ -1,7 +1,7 @@
 """Training objectives: denoising score matching in each parametrization, with its weightings.
 
 Every objective here is one weighted regression (Karras et al. 2022, eq. 2 and 8; Ho et al. 2020,
-eq. 14): draw sigma ~ p_train, n ~ N(0, I), form x = x0 + sigma n (the VE convention of DESIGN.md),
+eq. 14): draw sigma ~ p_train, n ~ N(0, I), form x = x0 + sigma n (the VE convention of docs/design.md),
 and regress the network output F onto the target of its parametrization,
 
     L = E[ w(sigma) || F(x_in, c_noise) - target ||^2 ].
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from .denoisers import NetworkDenoiser, append_dims, edm_coefficients, prediction_from_x0
-from .schedules import EDM, DiscreteVP, Schedule
+from ..denoisers import NetworkDenoiser, append_dims, edm_coefficients, prediction_from_x0
+from ..likelihood.learned import hybrid_vlb_term
+from ..schedules import EDM, DiscreteVP, Schedule
 
 __all__ = ["sample_training_sigmas", "x0_output_scale", "x0_weight", "loss_weight", "draw_noise",
            "drop_labels", "denoising_loss", "diffusion_loss"]
@@ -139,8 +140,6 @@ def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config):
                     sigma_data=denoiser.sigma_data).to(out.dtype)
     per_sample = w * (out - target).square().flatten(1).mean(1)
     if v is not None and getattr(config, "vlb_weight", 0.0) > 0:
-        from .learned_variance import hybrid_vlb_term
-
         per_sample = per_sample + config.vlb_weight * hybrid_vlb_term(denoiser, x0, x, sigma, out, v)
     return per_sample.mean(), per_sample
 

@@ -1,4 +1,4 @@
-"""Sampler benchmark on exact Gaussian-mixture problems (``difflab bench samplers``).
+"""Sampler benchmark on exact Gaussian-mixture problems (``difflab bench samplers``, or :func:`run`).
 
 Problems (equal weights, sigma from 80 down to 0.002, then the final denoising step to 0):
 - ``gmm2d``: 8 isotropic Gaussians of std 0.3 with means evenly on a circle of radius 4;
@@ -14,6 +14,7 @@ same size (the noise floor).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import torch
 
-from .exact import random_mixture, ring_mixture
-from .metrics import sliced_wasserstein
-from .samplers import STOCHASTIC, denoiser_calls, sample
-from .schedules import karras_sigmas, loglinear_sigmas
-from .tuning import optimize_sigmas, reference_solution
+from ..evaluation.metrics import sliced_wasserstein
+from ..exact import random_mixture, ring_mixture
+from ..io import atomic
+from ..io.images import save_figure
+from ..samplers import STOCHASTIC, denoiser_calls, sample
+from ..schedules import karras_sigmas, loglinear_sigmas
+from ..tuning import optimize_sigmas, reference_solution
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 PROBLEMS = {"gmm2d": ring_mixture, "gmm64": random_mixture}
@@ -99,18 +102,16 @@ def deterministic_table(problem: str, n_eval: int, calls=CALLS, optimise=True, c
 
 
 def _diffusers_rows(problem, gmm, x_T, ref, calls, log):
-    try:
-        from . import compare_diffusers
-    except ImportError:
-        return []
-    if not compare_diffusers.available():
+    from . import vs_diffusers
+
+    if not vs_diffusers.available():
         log("diffusers is not installed: skipping its column (pip install diffusers)")
         return []
     rows = []
-    for sampler in compare_diffusers.SCHEDULERS:
+    for sampler in vs_diffusers.SCHEDULERS:
         for c in calls:
             n, info = steps_for_calls(sampler, c), {}
-            out = compare_diffusers.run_diffusers(sampler, gmm, x_T.clone(), SCHEDULES["karras"](n), info=info)
+            out = vs_diffusers.run_diffusers(sampler, gmm, x_T.clone(), SCHEDULES["karras"](n), info=info)
             rows.append(dict(problem=problem, sampler=f"diffusers:{sampler}", schedule="karras", steps=n,
                              calls=info["nfe"], error=rms(out, ref)))
     return rows
@@ -161,11 +162,11 @@ def stochastic_table(problem: str, n_samples: int, calls=(10, 20, 50, 100, 200))
 
 
 def _write_csv(rows, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic.write_text(path, text.getvalue())
 
 
 def _plot(rows, problem, path: Path):
@@ -199,7 +200,7 @@ def _plot(rows, problem, path: Path):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -253,7 +254,7 @@ def run(out_dir="benchmarks/samplers", problems=("gmm2d", "gmm64"), n_eval=1000,
         sto += stochastic_table(p, n_stochastic)
         _plot(rows, p, out / f"errors_{p}.png")
     if optimise:
-        cache_path.write_text(json.dumps(cache, indent=1))
+        atomic.write_text(cache_path, json.dumps(cache, indent=1))
     _write_csv(det, out / "deterministic.csv")
     _write_csv(sto, out / "stochastic.csv")
     for p in problems:
@@ -273,31 +274,3 @@ def run(out_dir="benchmarks/samplers", problems=("gmm2d", "gmm64"), n_eval=1000,
             log(f"| {s} | " + " | ".join(vals) + " |")
     log(f"\nwrote {out}/deterministic.csv, stochastic.csv, errors_*.png")
     return det, sto
-
-
-def add_arguments(parser):
-    parser.add_argument("--out", default="benchmarks/samplers", help="output directory (CSV, PNG)")
-    parser.add_argument("--problems", nargs="+", default=["gmm2d", "gmm64"], choices=sorted(PROBLEMS))
-    parser.add_argument("--n", type=int, default=1000, help="noises per problem for the ODE samplers")
-    parser.add_argument("--n-stochastic", type=int, default=4000, help="samples for the stochastic samplers")
-    parser.add_argument("--no-optimise", action="store_true", help="skip the optimised schedules")
-    parser.add_argument("--quick", action="store_true", help="small sizes, no optimisation (a smoke run)")
-
-
-def run_cli(args) -> int:
-    if args.quick:
-        args.n, args.n_stochastic, args.no_optimise = 128, 500, True
-    run(args.out, tuple(args.problems), args.n, args.n_stochastic, optimise=not args.no_optimise)
-    return 0
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_cli(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

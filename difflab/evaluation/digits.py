@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io import atomic
 from .metrics import frechet_distance, gaussian_stats
 
 __all__ = ["DigitsClassifier", "digits_classifier", "digits_features", "classify", "digits_fd",
@@ -70,8 +70,8 @@ def cache_dir() -> Path:
 
 
 def _digits():
-    """The digits train and test splits (`difflab.data`), images (N, 1, 8, 8) in [-1, 1]."""
-    from .data import load_dataset
+    """The digits train and test splits (`difflab.training.data`), images (N, 1, 8, 8) in [-1, 1]."""
+    from ..training.data import load_dataset
 
     return load_dataset("digits", split="train"), load_dataset("digits", split="test")
 
@@ -118,20 +118,13 @@ def _train(x: torch.Tensor, y: torch.Tensor) -> DigitsClassifier:
 
 
 def _save(net: DigitsClassifier, folder: Path, meta: dict) -> None:
-    """Write weights + JSON into a temporary sibling folder, then rename it: concurrent runs never
-    see half a cache entry (the loser of a race simply discards its copy)."""
+    """Write weights + JSON atomically (:func:`difflab.io.atomic.directory`): concurrent runs never
+    see half a cache entry, and the loser of a race keeps the winner's copy."""
     from safetensors.torch import save_file
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-    save_file(net.state_dict(), tmp / "model.safetensors")
-    (tmp / "classifier.json").write_text(json.dumps(meta, indent=2))
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished first
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+    with atomic.directory(folder, replace=False) as tmp:
+        save_file(net.state_dict(), tmp / "model.safetensors")
+        (tmp / "classifier.json").write_text(json.dumps(meta, indent=2))
 
 
 def _load(folder: Path) -> DigitsClassifier | None:

@@ -21,12 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# A module import: imageio.py imports this module too (for DataError).
-from difflab import imageio
-
-
-class DataError(ValueError):
-    """A data set cannot be found or read; the message names the data set or path."""
+from ..io import images as imageio
+from ..io.images import DataError
 
 
 SPLITS = ("train", "test")

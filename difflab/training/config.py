@@ -3,7 +3,7 @@
 A :class:`TrainConfig` is data only (JSON / TOML serialisable, no objects): the network is a
 ``build_network`` kind plus its config dict, the schedule is ``Schedule.to_dict()`` output. The
 network's data-dependent fields (``in_channels``, ``resolution``, ``dim``, ``num_classes``) are
-filled in from the data set by :func:`difflab.train.train`, and the resolved config is what a
+filled in from the data set by :func:`difflab.training.train`, and the resolved config is what a
 model directory's ``config.json`` stores.
 
 A TOML file holds TrainConfig fields as top-level keys and ``[net]`` / ``[schedule]`` tables; a
@@ -22,9 +22,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .nets import UNET_PRESETS, MLPConfig
-from .samplers import SAMPLERS
-from .schedules import EDM, DiscreteVP, make_schedule
+from ..nets import UNET_PRESETS, MLPConfig
+from ..samplers import SAMPLERS
+from ..schedules import EDM, DiscreteVP, make_schedule
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "save_config", "config_from_dict"]
 
@@ -49,7 +49,7 @@ class TrainConfig:
     min-SNR weighting (Hang et al. 2023); ``sigma_data``: EDM preconditioning and weighting.
     ``vlb_weight``: lambda of the hybrid loss L_simple + lambda L_vlb (Nichol & Dhariwal 2021, eq. 16;
     1e-3 there) for a ``learn_sigma`` UNet trained with eps prediction on a DiscreteVP schedule;
-    0 (the default) switches it off. See :mod:`difflab.learned_variance`.
+    0 (the default) switches it off. See :mod:`difflab.likelihood.learned`.
     """
 
     preset: str = "custom"

@@ -1,0 +1,180 @@
+"""`difflab edit METHOD`: inpaint, SDEdit, ILVR, invert or restore (DDRM) images with a model.
+
+Each method returns the figure's rows (each (B, C, H, W)) and their names.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import UserError, check_positive, check_sampler
+
+EDIT_TILE_PX = 64  # edit figures show each image at least this many pixels wide
+
+
+def add_parser(sub, parser_class) -> None:
+    p = sub.add_parser("edit", help="inpaint, SDEdit, ILVR, invert or restore (DDRM) images with a model",
+                       description="Edit images with a trained image model; writes a PNG whose rows are "
+                       "the input, the mask or measurement, and the output.")
+    methods = p.add_subparsers(dest="editor", metavar="METHOD", required=True, parser_class=parser_class)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="trained image model directory")
+    source = common.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, metavar="FILE", help="an image file, or a .npz/.npy batch")
+    source.add_argument("--from-data", metavar="NAME", help="take test images of a data set (e.g. digits)")
+    common.add_argument("--n", type=int, default=16, metavar="N", help="images taken from --from-data or a batch "
+                        "(default: %(default)s)")
+    common.add_argument("--out", type=Path, required=True, metavar="OUT.png", help="the PNG figure")
+    common.add_argument("--steps", type=int, default=20, metavar="K", help="sampling steps (default: %(default)s)")
+    common.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)")
+    sampler = argparse.ArgumentParser(add_help=False)
+    sampler.add_argument("--sampler", metavar="NAME", help="sampler (default: the method's own)")
+    mask = argparse.ArgumentParser(add_help=False)
+    kinds = mask.add_mutually_exclusive_group()
+    kinds.add_argument("--mask", type=Path, metavar="MASK.png", help="white = keep, black = generate")
+    kinds.add_argument("--mask-kind", choices=("center", "random"), help="a synthetic mask (default: center)")
+
+    def method(name, help, parents):
+        q = methods.add_parser(name, help=help, description=help, parents=parents)
+        q.set_defaults(func=run)
+        return q
+
+    q = method("inpaint", "fill in masked pixels (RePaint, Lugmayr et al. 2022; or replacement, Song et al. 2021)",
+               [common, mask, sampler])
+    q.add_argument("--method", choices=("repaint", "replace"), default="repaint", help="(default: %(default)s)")
+    q.add_argument("--jump-length", type=int, metavar="J", help="RePaint's jump length (default: 10)")
+    q.add_argument("--resamplings", type=int, metavar="U", help="RePaint's resamplings (default: 10)")
+    q = method("sdedit", "noise the input and denoise it (SDEdit, Meng et al. 2022)", [common, sampler])
+    q.add_argument("--strength", type=float, default=0.5, metavar="T", help="noise level t0 in (0, 1] "
+                   "(default: %(default)s)")
+    q = method("ilvr", "sample with the input's low frequencies (ILVR, Choi et al. 2021)", [common, sampler])
+    q.add_argument("--factor", type=int, default=4, metavar="N", help="downsampling factor (default: %(default)s)")
+    method("invert", "invert to noise by the probability-flow ODE and reconstruct; prints the RMSE",
+           [common, sampler])
+    q = method("ddrm", "restore from a degraded measurement (DDRM, Kawar et al. 2022)", [common, mask])
+    q.add_argument("--task", choices=("sr2", "sr4", "colorize", "inpaint"), default="sr2",
+                   help="super-resolution x2/x4, colorization, or inpainting (default: %(default)s)")
+    q.add_argument("--sigma-y", type=float, default=0.0, metavar="S", help="measurement noise (default: %(default)s)")
+
+
+def run(args) -> None:
+    import torch
+
+    from ..io import images as imageio
+    from ..pipeline import load
+    from ..schedules import karras_sigmas
+
+    check_positive(n=args.n, steps=args.steps)
+    if getattr(args, "sampler", None) is not None:
+        check_sampler(args.sampler)
+    model = load(args.model_dir)
+    if model.data_kind != "image":
+        raise UserError(f"edit needs an image model; {args.model_dir} was trained on {model.config.data!r} points")
+    x = _edit_inputs(args, model.data_shape).to(model.device)
+    sigmas = karras_sigmas(args.steps, model.schedule.sigma_min, model.schedule.sigma_max).to(model.device)
+    gen = torch.Generator(model.device).manual_seed(args.seed)
+    with torch.inference_mode():
+        rows, names = _EDITORS[args.editor](model.denoiser, x, sigmas, gen, args)
+    scale = max(1, -(-EDIT_TILE_PX // min(x.shape[-2:])))  # small images (digits) are upscaled
+    imageio.save_grid(torch.cat(rows).clamp(-1, 1).cpu(), args.out, nrow=len(x), scale=scale)
+    print(f"wrote {args.out} (rows: {' | '.join(names)})")
+
+
+def _edit_inputs(args, shape):
+    """The images to edit, (B, C, H, W) in [-1, 1], checked against the model's (C, H, W)."""
+    from ..io import images as imageio
+    from ..training import BUILTINS, load_dataset
+
+    if args.from_data is not None:
+        x, what = load_dataset(args.from_data, split="test" if args.from_data in BUILTINS else "train").x, args.from_data
+    elif args.input.suffix.lower() in (".npz", ".npy"):
+        x, what = load_dataset(args.input).x, args.input
+    else:
+        x, what = imageio.load_image(args.input, channels=shape[0])[None], args.input
+    x = x[:args.n]
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise UserError(f"{what} holds data of shape {'x'.join(map(str, x.shape[1:]))} but the model makes "
+                        f"{'x'.join(map(str, shape))} images; resize the input to match")
+    return x
+
+
+def _edit_mask(args, x, gen):
+    """Boolean mask broadcasting to x, True where the pixel is known and kept: --mask (white = keep),
+    else --mask-kind center (the middle half of each side generated) or random (half the pixels)."""
+    import torch
+
+    from ..io import images as imageio
+
+    h, w = x.shape[-2:]
+    if args.mask is not None:
+        mask = imageio.load_image(args.mask, channels=1)
+        if mask.shape[-2:] != (h, w):
+            raise UserError(f"the mask {args.mask} is {mask.shape[-1]}x{mask.shape[-2]} pixels but the "
+                            f"images are {w}x{h}")
+        return (mask > 0)[None].to(x.device)
+    if args.mask_kind == "random":
+        return torch.rand((len(x), 1, h, w), generator=gen, device=x.device) < 0.5
+    keep = torch.ones((1, 1, h, w), dtype=torch.bool, device=x.device)
+    keep[..., h // 4:h - h // 4, w // 4:w - w // 4] = False
+    return keep
+
+
+def _sampler_option(args) -> dict:
+    return {} if args.sampler is None else {"sampler": args.sampler}
+
+
+def _edit_inpaint(denoiser, x, sigmas, gen, args):
+    from ..editing import inpaint
+
+    check_positive(jump_length=args.jump_length, resamplings=args.resamplings)
+    options = {k: v for k, v in {"jump_length": args.jump_length, "resamplings": args.resamplings}.items()
+               if v is not None}
+    if options and args.method == "replace":
+        raise UserError("--jump-length and --resamplings apply to --method repaint only")
+    keep = _edit_mask(args, x, gen)
+    out = inpaint(denoiser, x, keep, sigmas, method=args.method, generator=gen, **options, **_sampler_option(args))
+    return [x, x.where(keep, 0.0), out], ("input", "known pixels (grey: generated)", args.method)
+
+
+def _edit_sdedit(denoiser, x, sigmas, gen, args):
+    from ..editing import sdedit
+
+    out = sdedit(denoiser, x, sigmas, strength=args.strength, generator=gen, **_sampler_option(args))
+    return [x, out], ("guide", f"SDEdit at strength {args.strength}")
+
+
+def _edit_ilvr(denoiser, x, sigmas, gen, args):
+    from ..editing import ilvr, low_pass
+
+    out = ilvr(denoiser, x, sigmas, factor=args.factor, generator=gen, **_sampler_option(args))
+    return [x, low_pass(x, args.factor), out], ("reference", f"its low frequencies (factor {args.factor})", "ILVR")
+
+
+def _edit_invert(denoiser, x, sigmas, gen, args):
+    from ..editing import invert, reconstruct
+
+    x_T = invert(denoiser, x, sigmas, **_sampler_option(args))
+    out = reconstruct(denoiser, x_T, sigmas, **_sampler_option(args))
+    rmse = (out - x).double().square().mean().sqrt().item()
+    print(f"reconstruction RMSE {rmse:.4g} (invert then reconstruct, {len(sigmas) - 1} steps)")
+    return [x, x_T / sigmas[0], out], ("input", "inverted noise x_T / sigma_max", "reconstruction")
+
+
+def _edit_ddrm(denoiser, x, sigmas, gen, args):
+    import torch
+
+    from ..editing import Colorization, Inpainting, SuperResolution, ddrm
+
+    if args.task != "inpaint" and (args.mask is not None or args.mask_kind is not None):
+        raise UserError("--mask and --mask-kind apply to --task inpaint only")
+    operators = {"sr2": lambda: SuperResolution(2), "sr4": lambda: SuperResolution(4),
+                 "colorize": Colorization, "inpaint": lambda: Inpainting(_edit_mask(args, x, gen))}
+    op = operators[args.task]()
+    y = op.H(x)
+    y = y + args.sigma_y * torch.randn(y.shape, generator=gen, device=y.device)
+    out = ddrm(denoiser, y, op, sigmas, sigma_y=args.sigma_y, generator=gen)
+    return [x, op.H_pinv(y), out], ("input", f"measurement ({args.task}, sigma_y {args.sigma_y})", "DDRM")
+
+
+_EDITORS = {"inpaint": _edit_inpaint, "sdedit": _edit_sdedit, "ilvr": _edit_ilvr, "invert": _edit_invert,
+            "ddrm": _edit_ddrm}

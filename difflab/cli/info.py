@@ -1,0 +1,79 @@
+"""`difflab info`: the presets and samplers, or one model's configuration."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="list presets and samplers, or describe a trained model",
+                       description="Without DIR: the presets with their parameter counts and the "
+                       "samplers with their options. With DIR: the model's configuration.")
+    p.add_argument("dir", type=Path, metavar="DIR", nargs="?", help="trained model directory")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    """`difflab info [DIR]`: presets and samplers, or one model's configuration."""
+    if args.dir is None:
+        _print_presets()
+        _print_samplers()
+        return
+    from ..pipeline import load
+    from ..nets import count_parameters
+
+    model = load(args.dir)
+    c = model.config
+    classes = f"{model.num_classes} classes" if model.num_classes else "unconditional"
+    print(f"{args.dir}: preset {c.preset}, trained {model.step} steps")
+    print(f"  data      {c.data} ({model.data_kind}, shape {model.data_shape}, {classes})")
+    print(f"  network   {c.network}, {count_parameters(model.net):,} parameters")
+    print(f"  diffusion {model.schedule.to_dict()}, prediction {c.prediction}, weighting {c.weighting}")
+    print("  config:")
+    for key, value in c.to_dict().items():
+        print(f"    {key:<16} {value}")
+
+
+def _print_presets() -> None:
+    import torch
+
+    from ..training import PRESETS
+    from ..nets import UNET_PRESETS, UNet, count_parameters
+
+    print("training presets (difflab train --preset NAME):")
+    for name, config in PRESETS.items():
+        print(f"  {name:<14} {_describe_preset(config)}")
+    print("UNet presets (network only):")
+    with torch.device("meta"):  # counts parameters without allocating them
+        for name, net_config in UNET_PRESETS.items():
+            params = count_parameters(UNet(net_config))
+            print(f"  {name:<14} {params / 1e6:6.2f}M parameters, {net_config.resolution}x"
+                  f"{net_config.resolution}x{net_config.in_channels}")
+
+
+def _describe_preset(config) -> str:
+    import torch
+
+    from ..nets import build_network, count_parameters
+
+    net = dict(config.net, **({"num_classes": config.num_classes} if config.num_classes else {}))
+    with torch.device("meta"):
+        params = count_parameters(build_network(config.network, net))
+    return (f"{config.network} {params / 1e6:.2f}M parameters, data {config.data or '(give --data)'}, "
+            f"{config.steps:,} steps of batch {config.batch_size}")
+
+
+def _print_samplers() -> None:
+    from ..samplers import SAMPLERS, STOCHASTIC, sampler_options
+
+    print("samplers (--sampler NAME):")
+    for name, fn in SAMPLERS.items():
+        options = ", ".join(f"{k}={v}" for k, v in sampler_options(name).items())
+        kind = "stochastic" if name in STOCHASTIC else "deterministic"
+        print(f"  {name:<16} {kind:<13} {options or '-'}")
+        print(f"  {'':<16} {_summary(fn.__doc__)}")
+
+
+def _summary(doc: str | None, width: int = 96) -> str:
+    """The first paragraph of a docstring on one line, cut at a word boundary to ``width`` characters."""
+    text = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return text if len(text) <= width else text[: text.rfind(" ", 0, width - 3)] + " ..."

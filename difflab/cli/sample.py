@@ -1,0 +1,73 @@
+"""`difflab sample`: draw samples from a trained model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import DEFAULT_SAMPLER, UserError, check_positive, check_sampler
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sample", help="draw samples from a trained model",
+                       description="Draw samples; write a PNG grid (a scatter plot for 2-D data) "
+                       "and/or the raw array as .npz (key x, and y for class-conditional samples).")
+    p.add_argument("dir", type=Path, metavar="DIR", help="trained model directory")
+    p.add_argument("--n", type=int, required=True, metavar="N", help="number of samples")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, metavar="NAME", help="sampler name (default: %(default)s; "
+                   "see 'difflab info')")
+    p.add_argument("--steps", type=int, default=20, metavar="K", help="sampling steps (default: %(default)s)")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed")
+    p.add_argument("--out", type=Path, metavar="FILE.png", help="PNG file (a grid of images, or a scatter plot of 2-D points)")
+    p.add_argument("--npz", type=Path, metavar="FILE", help="also save the samples as .npz")
+    p.add_argument("--class", dest="class_id", type=int, metavar="C", help="class id (conditional models)")
+    p.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale (1: plain conditional)")
+    p.add_argument("--classifier", type=Path, metavar="CLS_DIR", help="classifier guidance with a classifier from "
+                   "'difflab train-classifier' (unconditional models too)")
+    p.add_argument("--classifier-scale", type=float, metavar="S", help="classifier guidance scale (default: 1)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="samples per network batch")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    """`difflab sample`: :meth:`TrainedModel.sample`, written as a PNG grid / scatter plot and/or .npz."""
+    from ..io import images as imageio
+    from ..pipeline import load
+
+    if args.out is None and args.npz is None:
+        raise UserError("give --out FILE.png, --npz FILE.npz or both")
+    check_sampler(args.sampler)
+    check_positive(n=args.n, steps=args.steps, batch_size=args.batch_size)
+    model = load(args.dir)
+    classifier = _guidance_classifier(args.classifier, args.classifier_scale, model.device)
+    x = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, y=args.class_id,
+                     guidance=args.guidance, classifier=classifier, classifier_scale=args.classifier_scale or 1.0,
+                     batch_size=args.batch_size, progress=True)
+    if args.out is not None:
+        if x.ndim == 4:
+            imageio.save_grid(x, args.out)
+        elif x.ndim == 2 and x.shape[1] == 2:
+            imageio.save_scatter(x, args.out, title=f"{args.n} samples, {args.sampler}, {args.steps} steps")
+        else:
+            raise UserError(f"cannot draw samples of shape {tuple(x.shape[1:])} as a PNG; use --npz only")
+        print(f"wrote {args.out}")
+    if args.npz is not None:
+        import numpy as np
+
+        from ..io import atomic
+
+        arrays = {"x": x.cpu().numpy()}
+        labels = model.labels(args.class_id, args.n, classifier)  # the ids sample() used
+        if labels is not None:
+            arrays["y"] = labels.numpy()
+        atomic.write_with(args.npz, lambda f: np.savez(f, **arrays))
+        print(f"wrote {args.npz} (x: {arrays['x'].shape})")
+
+
+def _guidance_classifier(path, scale, device):
+    """The ``log p(y | x, sigma)`` of a classifier directory for classifier guidance, or None."""
+    if path is None:
+        if scale is not None:
+            raise UserError("--classifier-scale needs --classifier DIR")
+        return None
+    from ..training import load_classifier
+
+    return load_classifier(path, device)[1]

@@ -1,0 +1,166 @@
+"""The trained-model directory (docs/design.md, "Trained models"): write it atomically, read it back.
+
+A training run's output folder ``OUT`` holds the model directory ``OUT/model``::
+
+    config.json          TrainConfig.to_dict() plus data_shape, data_kind, class_names, step,
+                         difflab_version: everything needed to rebuild the model
+    model.safetensors    the trained weights
+    ema.safetensors      their exponential moving average (when ema_decay > 0)
+    training_state.pt    optimizer state, step and run statistics, for resuming
+
+A checkpoint is written by :func:`difflab.io.atomic.directory`: completely into a temporary
+folder (every file fsynced), then renamed into place, so ``OUT/model`` is always one complete
+checkpoint; the previous one waits in ``OUT/.old-model`` for the instant between the two renames,
+and :func:`recover` puts it back if a crash struck exactly then. Reading takes JSON and
+safetensors only; the optimizer state is read with ``torch.load(..., weights_only=True)``, which
+unpickles nothing but tensors and plain data. :mod:`difflab.pipeline` loads a directory for sampling.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from torch import nn
+
+from ..io import atomic
+from ..nets import build_network
+from .config import TrainConfig
+
+__all__ = ["CheckpointError", "MODEL_DIR", "save_checkpoint", "recover", "find_model_dir", "read_config",
+           "read_training_state", "load_weights", "build_model"]
+
+MODEL_DIR = "model"
+
+
+class CheckpointError(ValueError):
+    """A model directory is missing, incomplete or corrupt, or a request does not fit the model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+def _state_bytes(module: nn.Module, step: int) -> bytes:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    return save(tensors, metadata={"step": str(step)})
+
+
+def save_checkpoint(out_dir, config: TrainConfig, model: nn.Module, ema: nn.Module | None,
+                    optimizer: torch.optim.Optimizer, step: int, extra: dict | None = None) -> Path:
+    """Write the model directory ``out_dir/model`` atomically and return its path.
+
+    ``extra["data"]`` (a ``Dataset.info()`` dict) fills config.json's data fields; every other
+    key of ``extra`` (plain data and tensors) is stored in training_state.pt.
+    """
+    from ..version import __version__
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = dict(extra or {})
+    data = extra.pop("data", {})
+    meta = {**config.to_dict(), "data_shape": list(data.get("shape", [])), "data_kind": data.get("kind"),
+            "data_name": data.get("name"), "class_names": data.get("class_names"), "step": step,
+            "difflab_version": __version__}
+    state = {"step": step, "optimizer": optimizer.state_dict(), **extra}
+    final = out_dir / MODEL_DIR
+    with atomic.directory(final) as tmp:
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "model.safetensors").write_bytes(_state_bytes(model, step))
+        if ema is not None:
+            (tmp / "ema.safetensors").write_bytes(_state_bytes(ema, step))
+        torch.save(state, tmp / "training_state.pt")
+    return final
+
+
+def recover(out_dir) -> None:
+    """Undo a crash between the two renames of :func:`save_checkpoint`: ``model`` missing but the
+    complete previous checkpoint in ``.old-model``. (Half-written ``.tmp-*`` folders are never
+    read; :func:`difflab.training.train` removes them when it starts.)"""
+    atomic.recover(Path(out_dir) / MODEL_DIR)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def find_model_dir(path) -> Path:
+    """The model directory at ``path``: ``path`` itself, or ``path/model`` for a training output
+    folder (recovering an interrupted save first). Raises CheckpointError if there is none."""
+    path = Path(path).expanduser()
+    if path.name == MODEL_DIR and not path.exists() and path.parent.is_dir():
+        recover(path.parent)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such model directory")
+    if not (path / "config.json").exists():
+        if atomic.old_path(path / MODEL_DIR).exists() or (path / MODEL_DIR).exists():
+            recover(path)
+            if (path / MODEL_DIR / "config.json").exists():
+                return path / MODEL_DIR
+        raise CheckpointError(f"{path}: not a difflab model directory (no config.json)")
+    return path
+
+
+def read_config(model_dir) -> tuple[TrainConfig, dict]:
+    """(TrainConfig, the other config.json fields) of a model directory."""
+    path = Path(model_dir) / "config.json"
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    info = {k: meta.pop(k, None) for k in ("data_shape", "data_kind", "data_name", "class_names", "step",
+                                           "difflab_version")}
+    try:
+        config = TrainConfig.from_dict(meta)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a valid training config ({e})") from e
+    if not info["data_shape"]:
+        raise CheckpointError(f"{path}: data_shape is missing")
+    return config, info
+
+
+def load_weights(module: nn.Module, path, device="cpu") -> None:
+    """Load a safetensors file into ``module`` (every key must match)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing weights file")
+    try:
+        state = load_file(path, device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read the weights ({e})") from e
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match the network in config.json ({first})") from e
+
+
+def read_training_state(model_dir, device="cpu") -> dict:
+    """training_state.pt, read with ``weights_only=True`` (no arbitrary unpickling)."""
+    path = Path(model_dir) / "training_state.pt"
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing, so the run cannot be resumed")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises many types for corrupt or unsafe files)
+        raise CheckpointError(f"{path}: cannot read the training state ({type(e).__name__})") from e
+
+
+def build_model(path, device="cpu") -> tuple[nn.Module, TrainConfig, dict]:
+    """(network with the weights to sample from, its TrainConfig, the other config.json fields) of
+    a model directory or a training output folder: EMA weights when the directory has them."""
+    model_dir = find_model_dir(path)
+    config, info = read_config(model_dir)
+    try:
+        net = build_network(config.network, config.net)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{model_dir}/config.json: cannot build the network ({e})") from e
+    weights = model_dir / "ema.safetensors"
+    load_weights(net, weights if weights.exists() else model_dir / "model.safetensors", device)
+    return net.to(device), config, info
