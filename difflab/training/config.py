@@ -22,6 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import atomic
 from ..nets import UNET_PRESETS, MLPConfig
 from ..samplers import SAMPLERS
 from ..schedules import EDM, DiscreteVP, make_schedule
@@ -355,6 +356,4 @@ def save_config(config: TrainConfig, path: str | Path) -> Path:
     if back != config:
         diff = sorted(k for k, v in back.to_dict().items() if v != data[k])
         raise ValueError(f"config fields {diff} hold None where the preset has a value; TOML cannot store that")
-    path = Path(path)
-    path.write_text(text)
-    return path
+    return atomic.write_text(path, text)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import math
 import os
 import time
@@ -240,11 +241,11 @@ def _open_log(run: _Run) -> Path:
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f)
                     if int(r["step"]) < run.step or (int(r["step"]) == run.step and on_grid)]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    text = io.StringIO()
+    writer = csv.DictWriter(text, LOG_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic.write_text(path, text.getvalue())  # a crash here keeps the old log whole
 
 
 def _log_row(run: _Run, path: Path, grad_norm: float, seconds: float) -> float:
