@@ -20,7 +20,7 @@ from torch import nn
 
 from .schedules import EDM, Schedule
 
-__all__ = ["PREDICTIONS", "NetworkDenoiser", "CountingDenoiser", "x0_from_prediction",
+__all__ = ["PREDICTIONS", "NetworkDenoiser", "CountingDenoiser", "AutocastDenoiser", "x0_from_prediction",
            "prediction_from_x0", "append_dims"]
 
 PREDICTIONS = ("eps", "x0", "v", "score", "edm")
@@ -116,3 +116,16 @@ class CountingDenoiser:
         self.calls += 1
         self.evals += x.shape[0]
         return self.denoiser(x, sigma, **cond)
+
+
+class AutocastDenoiser:
+    """A denoiser whose calls run under ``torch.autocast(x's device type, dtype)``: the network's
+    matrix products and convolutions in ``dtype`` (bfloat16 or float16), while the sampler's state
+    x and the returned x0_hat stay in x's own dtype (the ODE is integrated in float32)."""
+
+    def __init__(self, denoiser, dtype: torch.dtype):
+        self.denoiser, self.dtype = denoiser, dtype
+
+    def __call__(self, x, sigma, **cond):
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return self.denoiser(x, sigma, **cond).to(x.dtype)

@@ -3,38 +3,84 @@
 :func:`load` reads a model directory (or a training output folder holding ``model/``) written by
 :mod:`difflab.training` and returns a :class:`TrainedModel`: the network wrapped as a Denoiser of
 docs/design.md, its config, and :meth:`TrainedModel.sample`, which adds class labels, classifier-free
-and classifier guidance (:func:`difflab.guidance.guided_denoiser`) and batching around
-:func:`difflab.samplers.generate`.
+and classifier guidance (:func:`difflab.guidance.guided_denoiser`), the sigma schedule, the network's
+precision and batching around :func:`difflab.samplers.generate`. The model goes to the GPU when
+there is one.
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .denoisers import NetworkDenoiser
+from .denoisers import AutocastDenoiser, NetworkDenoiser
 from .guidance import check_labels, guided_denoiser
 from .samplers import SAMPLERS, generate
-from .schedules import karras_sigmas, make_schedule
+from .schedules import karras_sigmas, loglinear_sigmas, make_schedule
 from .training.checkpoint import CheckpointError, build_model
 from .training.config import TrainConfig
 
-__all__ = ["TrainedModel", "load", "CheckpointError"]
+__all__ = ["TrainedModel", "load", "CheckpointError", "resolve_device", "resolve_dtype", "DTYPES",
+           "SCHEDULES", "DEFAULT_SCHEDULE"]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Named sigma schedules of :meth:`TrainedModel.sigmas`: Karras et al. (2022, eq. 5) with rho = 7,
+#: and uniform in log-SNR (Lu et al. 2022, sec. 3.3). A JSON file or a tensor of sigmas also works.
+SCHEDULES = ("karras", "logsnr")
+DEFAULT_SCHEDULE = "karras"
+MEMORY_FRACTION = 0.5  # of the free GPU memory that an automatic batch may use
 
 
-def load(path, device="cpu") -> TrainedModel:
+def resolve_device(device=None) -> torch.device:
+    """``device``, or CUDA when it is available and the CPU otherwise."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise CheckpointError(f"unknown device {device!r} ({e})") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("device 'cuda' was asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def resolve_dtype(dtype=None) -> torch.dtype:
+    """A torch dtype from ``"fp32"``, ``"bf16"``, ``"fp16"``, a torch dtype or None (float32)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise CheckpointError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+
+
+def load(path, device=None, *, dtype=None, compile: bool = False) -> TrainedModel:
     """Load a model directory (or a training output folder holding ``model/``) for sampling, with
-    its EMA weights when it has them. Raises :class:`CheckpointError` (a ValueError) for a missing,
-    incomplete or corrupt directory."""
+    its EMA weights when it has them. ``device``: default CUDA when available, else the CPU;
+    ``dtype`` and ``compile``: see :class:`TrainedModel`. Raises :class:`CheckpointError` (a
+    ValueError) for a missing, incomplete or corrupt directory."""
+    device = resolve_device(device)
     net, config, info = build_model(path, device)
-    return TrainedModel(net, config, info["data_shape"], info["class_names"], info["data_kind"], info["step"])
+    return TrainedModel(net, config, info["data_shape"], info["class_names"], info["data_kind"], info["step"],
+                        dtype=dtype, compile=compile)
 
 
 class TrainedModel:
     """A trained network with its config: ``.denoiser`` (eval mode, EMA weights when saved),
-    ``.net``, ``.config``, ``.data_shape``, ``.num_classes``, ``.class_names`` and :meth:`sample`."""
+    ``.net``, ``.config``, ``.data_shape``, ``.num_classes``, ``.class_names`` and :meth:`sample`.
+
+    ``dtype``: the precision of the network's calls while sampling (``"bf16"`` / ``"fp16"`` run it
+    under autocast; the sampler's state stays float32). ``compile``: sample through
+    ``torch.compile`` of the network (CUDA graphs on a GPU, ``mode="reduce-overhead"``), for
+    repeated batches of one shape. ``.denoiser`` itself is always the plain float32 denoiser
+    (likelihoods and editing take gradients through it).
+    """
 
     def __init__(self, net: nn.Module, config: TrainConfig, data_shape, class_names=None,
-                 data_kind: str | None = None, step: int | None = None):
+                 data_kind: str | None = None, step: int | None = None, *, dtype=None, compile: bool = False):
         self.net, self.config = net.eval(), config
         self.data_shape = tuple(int(s) for s in data_shape)
         self.class_names = None if class_names is None else tuple(class_names)
@@ -42,6 +88,10 @@ class TrainedModel:
         self.step = step
         self.schedule = make_schedule(config.schedule)
         self.denoiser = NetworkDenoiser(net, self.schedule, config.prediction, config.sigma_data).eval()
+        self.dtype = resolve_dtype(dtype)
+        self.compile = compile
+        self._sampling_denoiser = None
+        self._bytes_per_sample = None
 
     @property
     def num_classes(self) -> int | None:
@@ -71,49 +121,119 @@ class TrainedModel:
         except ValueError as e:
             raise CheckpointError(str(e)) from e
 
+    def sigmas(self, steps: int = 20, schedule=DEFAULT_SCHEDULE, sigma_min: float | None = None,
+               sigma_max: float | None = None) -> torch.Tensor:
+        """The sigma sequence (``steps`` sigmas and a trailing 0, on the model's device) between the
+        schedule's range (or ``sigma_min`` / ``sigma_max``): ``schedule`` is a name of
+        :data:`SCHEDULES`, a JSON file holding a list of sigmas (or ``{"sigmas": [...]}``, e.g. an
+        optimised schedule of :mod:`difflab.tuning`), or the sigmas themselves (then ``steps`` and
+        the range are theirs)."""
+        if isinstance(schedule, str) and schedule in SCHEDULES:
+            if steps < 1:
+                raise CheckpointError(f"need steps >= 1, got {steps}")
+            lo = self.schedule.sigma_min if sigma_min is None else sigma_min
+            hi = self.schedule.sigma_max if sigma_max is None else sigma_max
+            if not 0 < lo < hi:
+                raise CheckpointError(f"need 0 < sigma_min < sigma_max, got {lo} and {hi}")
+            make = karras_sigmas if schedule == "karras" else loglinear_sigmas
+            return make(steps, lo, hi).to(self.device)
+        if isinstance(schedule, str) and not schedule.endswith(".json") and not Path(schedule).exists():
+            raise CheckpointError(f"unknown sigma schedule {schedule!r}; choose {', '.join(SCHEDULES)} or a JSON file")
+        values = _read_sigmas(schedule) if isinstance(schedule, (str, Path)) else schedule
+        sigmas = torch.as_tensor(values, dtype=torch.float32).flatten()
+        if len(sigmas) < 2 or not bool((sigmas[1:] < sigmas[:-1]).all()) or float(sigmas[-2]) <= 0:
+            raise CheckpointError("a sigma schedule must be at least two decreasing values, positive but the last")
+        return sigmas.to(self.device)
+
+    def sampling_denoiser(self):
+        """The denoiser that :meth:`sample` calls: ``.denoiser`` compiled and/or under autocast."""
+        if self._sampling_denoiser is None:
+            den = self.denoiser
+            if self.compile:
+                mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+                den = NetworkDenoiser(torch.compile(self.net, mode=mode, dynamic=False), self.schedule,
+                                      self.config.prediction, self.config.sigma_data)
+            self._sampling_denoiser = den if self.dtype == torch.float32 else AutocastDenoiser(den, self.dtype)
+        return self._sampling_denoiser
+
+    def auto_batch_size(self, n: int, guided: bool = False) -> int | None:
+        """On a GPU, the batch that fills :data:`MEMORY_FRACTION` of the free memory (measured once
+        with a probe batch of 8); None elsewhere (:func:`difflab.samplers.generate` then picks)."""
+        if self.device.type != "cuda":
+            return None
+        if self._bytes_per_sample is None:
+            probe = 8
+            torch.cuda.synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            x = torch.zeros((probe, *self.data_shape), device=self.device)
+            y = None if self.num_classes is None else {"y": torch.zeros(probe, dtype=torch.long, device=self.device)}
+            with torch.inference_mode():
+                self.sampling_denoiser()(x, torch.ones(probe, device=self.device), **(y or {}))
+            peak = torch.cuda.max_memory_allocated(self.device) - base
+            self._bytes_per_sample = max(1, peak // probe)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_sample = self._bytes_per_sample * (2 if guided else 1)  # CFG doubles the network batch
+        return max(1, min(n, int(MEMORY_FRACTION * free / per_sample)))
+
     def sample(self, n: int, *, sampler: str = "dpmpp_2m", steps: int = 20, seed: int | None = None,
                y=None, guidance: float | None = None, classifier=None, classifier_scale: float = 1.0,
                batch_size: int | None = None, progress: bool = False, sigma_min: float | None = None,
-               sigma_max: float | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+               sigma_max: float | None = None, noise: torch.Tensor | None = None, schedule=DEFAULT_SCHEDULE,
+               callback=None, **options) -> torch.Tensor:
         """n samples (on the CPU) in the data's shape; images are clamped to [-1, 1].
 
-        Starts from x = sigma_max z and integrates along Karras et al. (2022, eq. 5) sigmas between
-        the schedule's sigma range (or ``sigma_min``/``sigma_max``) with ``sampler``. ``noise``: the
-        standard normal z, shape (n, *data_shape), to start from (to compare two models point by
-        point); without it ``seed`` decides z. ``y``: class ids (default: 0, 1, ..., K-1, 0, ...
-        cycling); ``guidance``: the classifier-free guidance scale w of :func:`difflab.guidance.cfg`,
+        Starts from x = sigma_max z and integrates along :meth:`sigmas` (``schedule``, ``steps``,
+        ``sigma_min``, ``sigma_max``) with ``sampler`` and its ``options`` (e.g. ``eta=0.5`` for
+        ``ddim``, ``order=2`` for ``unipc``). ``noise``: the standard normal z, shape
+        (n, *data_shape), to start from (to compare two models point by point); without it
+        ``seed`` decides z. ``y``: class ids (default: 0, 1, ..., K-1, 0, ... cycling);
+        ``guidance``: the classifier-free guidance scale w of :func:`difflab.guidance.cfg`,
         D = D(x|null) + w (D(x|y) - D(x|null)) from one batched call (Ho & Salimans 2022; 1: plain
         conditional, 0: unconditional). ``classifier``: a :class:`~difflab.guidance.ClassLogProb`
         (e.g. :func:`difflab.training.load_classifier`'s second value) adding classifier guidance
         with ``classifier_scale`` (Dhariwal & Nichol 2021), also to unconditional models. Both go
-        through :func:`difflab.guidance.guided_denoiser`. Draws happen in batches of
-        ``batch_size``; the result is a function of (n, seed or noise, batch_size, sampler, steps,
+        through :func:`difflab.guidance.guided_denoiser`. ``callback``: the sampler's per-step
+        callback. Draws happen in batches of ``batch_size`` (default: from the free memory on a
+        GPU); the result is a function of (n, seed or noise, batch_size, sampler, options, sigmas,
         y, guidance, classifier, classifier_scale).
         """
-        if n < 1 or steps < 1:
-            raise CheckpointError(f"need n >= 1 and steps >= 1, got n={n}, steps={steps}")
+        if n < 1:
+            raise CheckpointError(f"need n >= 1, got n={n}")
         if sampler not in SAMPLERS:
             raise CheckpointError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
         if noise is not None and tuple(noise.shape) != (n, *self.data_shape):
             raise CheckpointError(f"noise must have shape {(n, *self.data_shape)} (n, *data_shape), "
                                   f"got {tuple(noise.shape)}")
+        sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max)
         labels = self.labels(y, n, classifier)
         try:
-            denoiser, cond = guided_denoiser(self.denoiser, y=labels, num_classes=self.num_classes,
+            denoiser, cond = guided_denoiser(self.sampling_denoiser(), y=labels, num_classes=self.num_classes,
                                              guidance=guidance, classifier=classifier,
                                              classifier_scale=classifier_scale)
         except ValueError as e:
             raise CheckpointError(str(e)) from e
-        lo = self.schedule.sigma_min if sigma_min is None else sigma_min
-        hi = self.schedule.sigma_max if sigma_max is None else sigma_max
-        if not 0 < lo < hi:
-            raise CheckpointError(f"need 0 < sigma_min < sigma_max, got {lo} and {hi}")
-        device = self.device
-        gen = torch.Generator(device)
+        gen = torch.Generator(self.device)
         if seed is None:
             gen.seed()
         else:
             gen.manual_seed(seed)
-        x = generate(denoiser, self.data_shape, n, karras_sigmas(steps, lo, hi).to(device), sampler,
-                     noise=noise, generator=gen, cond=cond, batch_size=batch_size, progress=progress)
+        batch_size = batch_size or self.auto_batch_size(n, guided=guidance is not None)
+        x = generate(denoiser, self.data_shape, n, sigmas, sampler, noise=noise, generator=gen, cond=cond,
+                     batch_size=batch_size, progress=progress, callback=callback, **options)
         return x.clamp(-1, 1) if self.data_kind == "image" else x
+
+
+def _read_sigmas(path) -> list:
+    """The sigmas stored in a JSON file: a list, or an object with a "sigmas" list."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the sigma schedule ({e.strerror})") from e
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not a JSON sigma schedule ({e})") from e
+    sigmas = data.get("sigmas") if isinstance(data, dict) else data
+    if not isinstance(sigmas, list) or not all(isinstance(v, (int, float)) for v in sigmas):
+        raise CheckpointError(f"{path}: expected a list of sigmas or {{\"sigmas\": [...]}}")
+    return sigmas

@@ -129,13 +129,22 @@ class DiscreteVP(Schedule):
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
         self.log_sigmas = self.sigmas.log()
         self.t_max = float(T - 1)
+        self._tables = {}
+
+    def tables(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigmas, log_sigmas) on ``device``, copied there once: indexing them with a tensor of
+        timesteps on a GPU then needs no host round trip (no synchronisation in a training step)."""
+        key = str(torch.device(device))
+        if key not in self._tables:
+            self._tables[key] = (self.sigmas.to(device), self.log_sigmas.to(device))
+        return self._tables[key]
 
     def _params(self):
         return {"beta_schedule": self.kind, "T": self.T, **self.kwargs}
 
     def ve_sigma(self, t):
         t = _t(t).to(torch.float64).clamp(0, self.T - 1)
-        log_sigmas = self.log_sigmas.to(t.device)  # the tables live on the CPU; t may be on a GPU
+        log_sigmas = self.tables(t.device)[1]
         lo = t.floor().long().clamp(max=self.T - 2)
         w = t - lo
         return ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp()
@@ -146,7 +155,7 @@ class DiscreteVP(Schedule):
     def t_of_ve_sigma(self, sigma):
         """Fractional step index whose interpolated log-sigma equals log(sigma) (clamped)."""
         log_sigma = _t(sigma).to(torch.float64).log()
-        log_sigmas = self.log_sigmas.to(log_sigma.device)
+        log_sigmas = self.tables(log_sigma.device)[1]
         log_sigma = log_sigma.clamp(log_sigmas[0], log_sigmas[-1])
         hi = torch.searchsorted(log_sigmas, log_sigma.contiguous()).clamp(1, self.T - 1)
         lo_val, hi_val = log_sigmas[hi - 1], log_sigmas[hi]

@@ -178,3 +178,61 @@ def test_user_errors(tmp_path):
         train(toy(steps=2), tmp_path / "g", progress=False, device="cpu")
     with pytest.raises(CheckpointError, match=r"cannot resume with a different config \(lr: 0.003 -> 0.001\)"):
         train(toy(steps=4, lr=1e-3), tmp_path / "g", resume=True, progress=False, device="cpu")
+
+
+# --- divergence and compile ---------------------------------------------------------------------
+
+
+def poison_from(step_index, monkeypatch, where="loss"):
+    """Make the run diverge from the optimizer step ``step_index`` on: a NaN loss, or an infinite
+    EMA weight (the loss stays finite)."""
+    from difflab.training import trainer
+
+    calls = {"n": 0}
+    if where == "loss":
+        real = trainer.denoising_loss
+
+        def nan_loss(*args, **kwargs):
+            calls["n"] += 1
+            loss, per_sample = real(*args, **kwargs)
+            return (loss * float("nan"), per_sample) if calls["n"] > step_index else (loss, per_sample)
+
+        monkeypatch.setattr(trainer, "denoising_loss", nan_loss)
+    else:
+        real = trainer.update_ema
+
+        def inf_ema(ema, net, decay):
+            calls["n"] += 1
+            real(ema, net, decay)
+            if calls["n"] > step_index:
+                next(ema.parameters()).data.fill_(float("inf"))
+
+        monkeypatch.setattr(trainer, "update_ema", inf_ema)
+
+
+@pytest.mark.parametrize("where, log_every", [("loss", 3), ("loss", 50), ("ema", 50)])
+def test_a_diverged_run_never_saves_its_weights(tmp_path, monkeypatch, where, log_every):
+    """Divergence at step 6 is caught at the next log row or checkpoint, whichever comes first; the
+    checkpoint of step 4 is kept, with finite weights."""
+    poison_from(5, monkeypatch, where)
+    with pytest.raises(FloatingPointError, match="diverged by step (6|8).*left as it was"):
+        train(toy(steps=12, ckpt_every=4, log_every=log_every), tmp_path, progress=False, device="cpu")
+    model = difflab.load(tmp_path, "cpu")
+    assert model.step == 4
+    for name in ("model", "ema"):
+        assert all(torch.isfinite(v).all() for v in weights(tmp_path, name).values())
+
+
+def test_resume_is_bit_exact_with_compile(tmp_path):
+    config = toy(steps=6, log_every=3, compile="default")
+    train(config, tmp_path / "a", progress=False, device="cpu")
+    train(config.replace(steps=3), tmp_path / "b", progress=False, device="cpu")
+    train(config, tmp_path / "b", resume=True, progress=False, device="cpu")
+    assert read_log(tmp_path / "a") == read_log(tmp_path / "b")
+    for name in ("model", "ema"):
+        a, b = weights(tmp_path / "a", name), weights(tmp_path / "b", name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # and the compiled loss is the eager loss, up to the order of floating-point sums
+    eager = read_log(train(config.replace(compile="none"), tmp_path / "c", progress=False, device="cpu").parent)
+    for ra, rc in zip(read_log(tmp_path / "a"), eager, strict=True):
+        assert abs(float(ra["loss"]) - float(rc["loss"])) < 1e-4 * float(rc["loss"])

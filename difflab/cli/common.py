@@ -21,3 +21,42 @@ def check_positive(**values) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def add_model_options(p) -> None:
+    """--device, --dtype and --compile: where and how the network runs (see difflab.load)."""
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="precision of the network's calls (default: %(default)s; the sampler's state stays fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA graphs on a GPU)")
+
+
+def add_sampling_options(p) -> None:
+    """--schedule and --option: the sigma schedule and the sampler's own options."""
+    p.add_argument("--schedule", default="karras", metavar="NAME|FILE.json",
+                   help="sigma schedule: karras, logsnr, or a JSON list of sigmas (default: %(default)s)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampler option, e.g. eta=0.5 or order=2 (repeatable; see 'difflab info')")
+
+
+def load_model(args, path):
+    """The model at ``path`` on --device with --dtype and --compile."""
+    from ..pipeline import load
+
+    return load(path, args.device, dtype=args.dtype, compile=args.compile)
+
+
+def sampler_options(args) -> dict:
+    """--option KEY=VALUE pairs as a dict, values read as JSON numbers / booleans where they are."""
+    import json
+
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option expects key=value, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value.strip()
+    return options

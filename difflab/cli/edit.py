@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UserError, check_positive, check_sampler
+from .common import UserError, add_model_options, check_positive, check_sampler, load_model
 
 EDIT_TILE_PX = 64  # edit figures show each image at least this many pixels wide
 
@@ -27,6 +27,9 @@ def add_parser(sub, parser_class) -> None:
     common.add_argument("--out", type=Path, required=True, metavar="OUT.png", help="the PNG figure")
     common.add_argument("--steps", type=int, default=20, metavar="K", help="sampling steps (default: %(default)s)")
     common.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)")
+    common.add_argument("--schedule", default="karras", metavar="NAME|FILE.json",
+                        help="sigma schedule: karras, logsnr, or a JSON list of sigmas (default: %(default)s)")
+    add_model_options(common)
     sampler = argparse.ArgumentParser(add_help=False)
     sampler.add_argument("--sampler", metavar="NAME", help="sampler (default: the method's own)")
     mask = argparse.ArgumentParser(add_help=False)
@@ -61,20 +64,18 @@ def run(args) -> None:
     import torch
 
     from ..io import images as imageio
-    from ..pipeline import load
-    from ..schedules import karras_sigmas
 
     check_positive(n=args.n, steps=args.steps)
     if getattr(args, "sampler", None) is not None:
         check_sampler(args.sampler)
-    model = load(args.model_dir)
+    model = load_model(args, args.model_dir)
     if model.data_kind != "image":
         raise UserError(f"edit needs an image model; {args.model_dir} was trained on {model.config.data!r} points")
     x = _edit_inputs(args, model.data_shape).to(model.device)
-    sigmas = karras_sigmas(args.steps, model.schedule.sigma_min, model.schedule.sigma_max).to(model.device)
+    sigmas = model.sigmas(args.steps, args.schedule)
     gen = torch.Generator(model.device).manual_seed(args.seed)
     with torch.inference_mode():
-        rows, names = _EDITORS[args.editor](model.denoiser, x, sigmas, gen, args)
+        rows, names = _EDITORS[args.editor](model.sampling_denoiser(), x, sigmas, gen, args)
     scale = max(1, -(-EDIT_TILE_PX // min(x.shape[-2:])))  # small images (digits) are upscaled
     imageio.save_grid(torch.cat(rows).clamp(-1, 1).cpu(), args.out, nrow=len(x), scale=scale)
     print(f"wrote {args.out} (rows: {' | '.join(names)})")

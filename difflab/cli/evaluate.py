@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import DEFAULT_SAMPLER, UserError, check_positive, check_sampler
+from .common import (DEFAULT_SAMPLER, UserError, add_model_options, add_sampling_options, check_positive,
+                     check_sampler, load_model, sampler_options)
 
 
 def add_parser(sub) -> None:
@@ -22,13 +23,14 @@ def add_parser(sub) -> None:
     p.add_argument("--trace", choices=("exact", "hutchinson"), default="exact", help="with --nll: the divergence "
                    "trace (default: %(default)s)")
     p.add_argument("--probes", type=int, metavar="P", help="with --nll --trace hutchinson: probes per image")
+    add_sampling_options(p)
+    add_model_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
-    """`difflab eval DIR`: :func:`difflab.evaluate.evaluate_digits` of N samples (and the class
+    """`difflab eval DIR`: :func:`difflab.evaluation.evaluate_digits` of N samples (and the class
     match of a conditional model)."""
-    from ..pipeline import load
     from ..evaluation import classify, evaluate_digits, format_digits_eval
 
     if args.nll:
@@ -37,13 +39,13 @@ def run(args) -> None:
     check_positive(n=args.n, steps=args.steps)
     if args.n < 2:
         raise UserError("--n must be at least 2 for a Fréchet distance")
-    model = load(args.dir)
+    model = load_model(args, args.dir)
     if model.config.data != "digits":
         raise UserError(f"eval supports models of the built-in digits data only for now; {args.dir} "
                         f"was trained on {model.config.data!r}")
     y = model.labels(None, args.n)  # conditional models: every class in turn
     x = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, y=y,
-                     guidance=args.guidance, progress=True)
+                     guidance=args.guidance, progress=True, schedule=args.schedule, **sampler_options(args))
     result = evaluate_digits(x)
     print(format_digits_eval(result))
     if y is not None:
@@ -58,20 +60,19 @@ def _eval_nll(args) -> None:
 
     import torch
 
-    from ..pipeline import load
-    from ..training import BUILTINS, load_dataset
     from ..likelihood import bits_per_dim, dequantize, elbo_bpd, ode_nll
     from ..schedules import DiscreteVP
+    from ..training import BUILTINS, load_dataset
 
     check_positive(n=args.n, probes=args.probes)
     if args.n < 2:
         raise UserError("--n must be at least 2 for a standard error")
-    model = load(args.dir)
+    model = load_model(args, args.dir)  # the likelihood runs in float32 whatever --dtype says
     if model.config.data not in BUILTINS or model.data_kind != "image":
         raise UserError(f"eval --nll needs a model of a built-in image data set (held-out test images); "
                         f"{args.dir} was trained on {model.config.data!r}")
-    x = load_dataset(model.config.data, split="test").x[:args.n]
-    gen = torch.Generator().manual_seed(args.seed)
+    x = load_dataset(model.config.data, split="test").x[:args.n].to(model.device)
+    gen = torch.Generator(model.device).manual_seed(args.seed)
     lo, hi = model.schedule.sigma_min, model.schedule.sigma_max
     nll = ode_nll(model.denoiser, dequantize(x, gen), sigma_min=lo, sigma_max=hi, trace=args.trace,
                   probes=args.probes or 1, generator=gen, progress=True)

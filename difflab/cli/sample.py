@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import DEFAULT_SAMPLER, UserError, check_positive, check_sampler
+from .common import (DEFAULT_SAMPLER, UserError, add_model_options, add_sampling_options, check_positive,
+                     check_sampler, load_model, sampler_options)
 
 
 def add_parser(sub) -> None:
@@ -23,24 +24,26 @@ def add_parser(sub) -> None:
     p.add_argument("--classifier", type=Path, metavar="CLS_DIR", help="classifier guidance with a classifier from "
                    "'difflab train-classifier' (unconditional models too)")
     p.add_argument("--classifier-scale", type=float, metavar="S", help="classifier guidance scale (default: 1)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="samples per network batch")
+    p.add_argument("--batch-size", type=int, metavar="B", help="samples per network batch (default: from the free "
+                   "GPU memory, or about 2^18 numbers on the CPU)")
+    add_sampling_options(p)
+    add_model_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
     """`difflab sample`: :meth:`TrainedModel.sample`, written as a PNG grid / scatter plot and/or .npz."""
     from ..io import images as imageio
-    from ..pipeline import load
 
     if args.out is None and args.npz is None:
         raise UserError("give --out FILE.png, --npz FILE.npz or both")
     check_sampler(args.sampler)
     check_positive(n=args.n, steps=args.steps, batch_size=args.batch_size)
-    model = load(args.dir)
+    model = load_model(args, args.dir)
     classifier = _guidance_classifier(args.classifier, args.classifier_scale, model.device)
     x = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, y=args.class_id,
                      guidance=args.guidance, classifier=classifier, classifier_scale=args.classifier_scale or 1.0,
-                     batch_size=args.batch_size, progress=True)
+                     batch_size=args.batch_size, progress=True, schedule=args.schedule, **sampler_options(args))
     if args.out is not None:
         if x.ndim == 4:
             imageio.save_grid(x, args.out)

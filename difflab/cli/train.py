@@ -25,6 +25,10 @@ def add_parser(sub) -> None:
                    help="override any config field (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out "
                    "(with its saved config unless --preset or --config is given)")
+    p.add_argument("--compile", nargs="?", const="default", choices=("none", "default", "reduce-overhead",
+                   "max-autotune"), metavar="MODE", help="torch.compile the training step's forward and "
+                   "backward (MODE: default; reduce-overhead = CUDA graphs on a GPU; none)")
+    p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.set_defaults(func=run)
 
     p = sub.add_parser("train-classifier", help="train a noise-aware classifier for classifier guidance",
@@ -42,7 +46,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     """`difflab train`: a preset, a TOML file or the resumed run's config, plus overrides, to
-    :func:`difflab.train.train`."""
+    :func:`difflab.training.train`."""
     from ..training import PRESETS, load_config, train
 
     if args.config is not None:
@@ -59,9 +63,9 @@ def run(args) -> None:
         raise UserError("give --preset NAME or --config FILE.toml (or --resume to continue a run)")
     overrides = dict(_parse_set(item) for item in args.set)
     flags = {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-             "cond_drop": args.cond_drop}
+             "cond_drop": args.cond_drop, "compile": args.compile}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    model_dir = train(config.replace(**overrides), args.out, resume=args.resume)
+    model_dir = train(config.replace(**overrides), args.out, resume=args.resume, device=args.device)
     print(f"model saved in {model_dir}")
 
 

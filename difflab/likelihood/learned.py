@@ -36,7 +36,7 @@ def learns_sigma(model) -> bool:
 
 def timesteps_of_sigma(schedule: DiscreteVP, sigma: torch.Tensor) -> torch.Tensor:
     """The integer training steps t (B,) whose sigma_t is nearest to sigma (in log sigma)."""
-    log_s = schedule.log_sigmas.to(device=sigma.device, dtype=torch.float64)
+    log_s = schedule.tables(sigma.device)[1]
     return (log_s[None, :] - sigma.to(torch.float64).log().reshape(-1, 1)).abs().argmin(1)
 
 

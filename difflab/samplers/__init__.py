@@ -6,6 +6,7 @@ point, :func:`generate` draws many samples from fresh noise in batches. The step
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 
@@ -54,11 +55,15 @@ def denoiser_calls(name: str, sigmas, **options) -> int | None:
 
 
 def sample(denoiser, x, sigmas, sampler: str = "dpmpp_2m", *, generator=None, callback=None,
-           progress: bool = False, **options):
+           progress: bool = False, grad: bool = False, **options):
     """Integrate from ``x`` at ``sigmas[0]`` (pass ``x = sigmas[0] * noise``) to ``sigmas[-1]``.
 
     ``sampler`` is a name in :data:`SAMPLERS`; ``options`` are that sampler's options (see
     :func:`sampler_options`) and ``cond``, a dict of keyword arguments passed to every denoiser call.
+    Sampling runs under ``torch.no_grad()``, so a network denoiser builds no autograd graph across
+    the steps (as k-diffusion's samplers do); ``grad=True`` keeps the caller's autograd mode, for
+    gradients through the whole trajectory. A denoiser that needs gradients inside one call
+    (classifier guidance) enables them itself.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
@@ -68,8 +73,9 @@ def sample(denoiser, x, sigmas, sampler: str = "dpmpp_2m", *, generator=None, ca
         raise ValueError(f"sampler {sampler!r} has no option(s) {sorted(unknown)}; it accepts {sorted(allowed)}")
     if len(sigmas) < 2:
         raise ValueError("sigmas needs at least a start and an end value")
-    return SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback,
-                             progress=progress, **options)
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        return SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback,
+                                 progress=progress, **options)
 
 
 #: Default batch of :func:`generate`: about this many numbers per batch of x.
@@ -78,14 +84,15 @@ SAMPLE_BUDGET = 2**18
 
 def generate(denoiser, shape, n: int, sigmas, sampler: str = "dpmpp_2m", *, noise=None, generator=None,
              cond: dict | None = None, batch_size: int | None = None, progress: bool = False,
-             **options) -> torch.Tensor:
+             callback=None, **options) -> torch.Tensor:
     """n samples of one-sample shape ``shape``: :func:`sample` from ``x = sigmas[0] z``, z ~ N(0, I),
     in batches of ``batch_size`` (default: about :data:`SAMPLE_BUDGET` numbers each), under
     ``torch.inference_mode``, collected as float32 on the CPU.
 
     ``noise``: the standard normal z, (n, *shape), to start from (two models compared point by
     point); without it each batch's z is drawn from ``generator`` just before that batch is sampled,
-    on ``sigmas``' device. ``cond`` values that are tensors with n rows are sliced with the batch.
+    on ``sigmas``' device. ``cond`` values that are tensors with n rows are sliced with the batch;
+    ``callback`` receives each step's dict with ``batch_start`` added. ``options`` go to the sampler.
     """
     shape = tuple(shape)
     if noise is not None and tuple(noise.shape) != (n, *shape):
@@ -100,8 +107,9 @@ def generate(denoiser, shape, n: int, sigmas, sampler: str = "dpmpp_2m", *, nois
                  else noise[start:start + b].to(device, torch.float32))
             rows = {k: v[start:start + b].to(device) if torch.is_tensor(v) and v.ndim and len(v) == n else v
                     for k, v in (cond or {}).items()}
+            report = None if callback is None else (lambda info, s=start: callback({**info, "batch_start": s}))
             x = sample(denoiser, sigmas[0] * z, sigmas, sampler, generator=generator, progress=progress,
-                       cond=rows or None, **options)
+                       callback=report, cond=rows or None, **options)
             out.append(x.float().cpu())
     return torch.cat(out)
 

@@ -33,6 +33,7 @@ NETWORKS = ("unet", "mlp")
 TRAIN_PREDICTIONS = ("eps", "x0", "v", "edm")
 WEIGHTINGS = ("uniform", "min_snr", "edm")
 PRECISIONS = ("fp32", "bf16")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 _DICT_FIELDS = ("net", "schedule")
 
 
@@ -50,7 +51,10 @@ class TrainConfig:
     min-SNR weighting (Hang et al. 2023); ``sigma_data``: EDM preconditioning and weighting.
     ``vlb_weight``: lambda of the hybrid loss L_simple + lambda L_vlb (Nichol & Dhariwal 2021, eq. 16;
     1e-3 there) for a ``learn_sigma`` UNet trained with eps prediction on a DiscreteVP schedule;
-    0 (the default) switches it off. See :mod:`difflab.likelihood.learned`.
+    0 (the default) switches it off. See :mod:`difflab.likelihood.learned`. ``precision``: fp32
+    (TF32 matrix products on CUDA) or bf16 (autocast on CUDA; the CPU always runs fp32).
+    ``compile``: ``torch.compile`` the loss (network forward and backward) with that mode;
+    ``"reduce-overhead"`` captures it in CUDA graphs on a GPU.
     """
 
     preset: str = "custom"
@@ -86,6 +90,7 @@ class TrainConfig:
     sample_sampler: str = "dpmpp_2m"
     sample_steps: int = 20
     vlb_weight: float = 0.0
+    compile: str = "none"
 
     def __post_init__(self):
         for name, hint in _hints().items():
@@ -205,7 +210,7 @@ def _parse_like(key: str, value, current):
 def _validate(c: TrainConfig) -> None:
     """Range and choice checks, each a one-sentence ValueError."""
     choices = {"network": NETWORKS, "prediction": TRAIN_PREDICTIONS, "weighting": WEIGHTINGS,
-               "precision": PRECISIONS}
+               "precision": PRECISIONS, "compile": COMPILE_MODES}
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
             raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")

@@ -76,7 +76,7 @@ class Dataset:
 
     def batch(self, batch_size: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Batch number `step` of the shuffled stream of `batch_indices`: `(x, y)`, y None if unlabelled."""
-        idx = batch_indices(len(self), batch_size, seed, step).to(self.x.device)
+        idx = batch_indices(len(self), batch_size, seed, step, device=self.x.device)
         return self.x[idx], None if self.y is None else self.y[idx]
 
     def batches(
@@ -97,29 +97,33 @@ class Dataset:
                 "num_classes": self.num_classes, "class_names": names}
 
 
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+def batch_indices(n: int, batch_size: int, seed: int, step: int, device=None) -> torch.Tensor:
     """Indices `(batch_size,)` of batch `step` of an endless shuffled stream over `range(n)`.
 
     The stream is the concatenation P_0 P_1 P_2 ... of permutations of `range(n)`, P_e drawn from
     a generator seeded by `(seed, e)` (as `torch.utils.data.DistributedSampler` reseeds with the
     epoch), and batch k is its positions `[k B, (k + 1) B)`. Every batch is full, every sample is
     seen once per epoch, `batch_size > n` is allowed, and the result is a pure function of the
-    arguments: resuming at step k needs only (seed, k).
+    arguments: resuming at step k needs only (seed, k). On a `device` the indices are cut from
+    permutations copied there once per epoch, so a training step never waits for the host.
     """
     if n < 1 or batch_size < 1 or step < 0 or seed < 0:
         raise ValueError(
             f"need n, batch_size >= 1 and seed, step >= 0; got {n=} {batch_size=} {seed=} {step=}"
         )
+    device = torch.device("cpu" if device is None else device)
     start, stop = step * batch_size, (step + 1) * batch_size
     first, last = start // n, (stop - 1) // n
-    stream = np.concatenate([_epoch_permutation(n, seed, e) for e in range(first, last + 1)])
-    return torch.from_numpy(stream[start - first * n : stop - first * n].copy())
+    perms = [_epoch_permutation(n, seed, e, str(device)) for e in range(first, last + 1)]
+    stream = perms[0] if len(perms) == 1 else torch.cat(perms)
+    return stream[start - first * n : stop - first * n].clone()
 
 
 @functools.lru_cache(maxsize=4)
-def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    perm.flags.writeable = False  # shared by the cache
+def _epoch_permutation(n: int, seed: int, epoch: int, device: str) -> torch.Tensor:
+    perm = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+    if device.startswith("cuda"):  # from pinned memory the copy does not block the host
+        return perm.pin_memory().to(device, non_blocking=True)
     return perm
 
 

@@ -38,7 +38,7 @@ def sample_training_sigmas(schedule: Schedule, n: int, generator: torch.Generato
     u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
     if isinstance(schedule, DiscreteVP):
         t = (u * schedule.T).long().clamp(max=schedule.T - 1)
-        return schedule.sigmas[t.cpu()].to(u.device)
+        return schedule.tables(u.device)[0][t]
     t = schedule.t_min + u * (schedule.t_max - schedule.t_min)
     return schedule.ve_sigma(t).to(torch.float64)
 

@@ -46,7 +46,7 @@ __all__ = ["train", "prepare_data", "resolve_config", "step_seed", "ema_decay_at
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
 #: Fields that may change when a run is resumed: they do not affect the trained weights.
 RESUMABLE_CHANGES = {"preset", "steps", "ckpt_every", "sample_every", "log_every", "sample_sampler",
-                     "sample_steps"}
+                     "sample_steps", "compile"}
 SAMPLE_GRID = 64  # images per sample grid (8 per class for class-conditional models)
 SAMPLE_POINTS = 2000  # points per scatter plot
 
@@ -139,6 +139,7 @@ class _Run:
     ema: nn.Module | None
     optimizer: torch.optim.Optimizer
     denoiser: NetworkDenoiser  # wraps the DDP module when distributed
+    loss_fn: object  # (x0, sigma, noise, y) -> (loss, per-sample losses), compiled when asked
     device: torch.device
     rank: int
     world: int
@@ -161,13 +162,20 @@ def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, 
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay,
                                   fused=True if device.type == "cuda" else None)
-    run = _Run(config, out_dir, ds, net, ema, optimizer, None, device, rank, world)
+    run = _Run(config, out_dir, ds, net, ema, optimizer, None, None, device, rank, world)
     if model_dir.exists():
         _restore(run, model_dir)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-    run.denoiser = NetworkDenoiser(net, make_schedule(config.schedule), config.prediction, config.sigma_data)
+    run.denoiser = denoiser = NetworkDenoiser(net, make_schedule(config.schedule), config.prediction,
+                                              config.sigma_data)
+
+    def loss_fn(x0, sigma, noise, y):
+        return denoising_loss(denoiser, x0, sigma, noise, y, config)
+
+    run.loss_fn = loss_fn if config.compile == "none" else torch.compile(
+        loss_fn, mode=None if config.compile == "default" else config.compile)
     return run
 
 
@@ -211,8 +219,7 @@ def _train_step(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
         # DDP averages gradients over processes on the last micro-batch's backward only.
         with ddp.no_sync() if ddp is not None and a < accum - 1 else contextlib.nullcontext():
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = denoising_loss(run.denoiser, x0[rows], sigma[rows], noise[rows],
-                                         None if y is None else y[rows], c)
+                loss, _ = run.loss_fn(x0[rows], sigma[rows], noise[rows], None if y is None else y[rows])
             (loss / accum).backward()
         total += loss.detach() / accum
     grad_norm = nn.utils.clip_grad_norm_(run.net.parameters(), c.grad_clip or math.inf)
@@ -305,7 +312,12 @@ def _distributed(device) -> tuple[int, int, torch.device, bool]:
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r} ({e})") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local)
     if device.type == "cuda":
@@ -314,6 +326,21 @@ def _distributed(device) -> tuple[int, int, torch.device, bool]:
     if started:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device, started
+
+
+@contextlib.contextmanager
+def _tf32(device: torch.device):
+    """TF32 matrix products on CUDA while training (10-bit mantissa products, float32 sums; cuDNN's
+    convolutions use TF32 by default already), restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def train(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool = True,
@@ -337,7 +364,8 @@ def train(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool 
         if world > 1:
             dist.barrier()
         run = _build(config, out_dir, resume, device, rank, world)
-        _loop(run, progress and rank == 0)
+        with _tf32(device):
+            _loop(run, progress and rank == 0)
         if world > 1:
             dist.barrier()
         return out_dir / MODEL_DIR
@@ -360,16 +388,30 @@ def _loop(run: _Run, progress: bool) -> None:
         run.window_sum, run.window_count = run.window_sum + loss, run.window_count + 1
         run.elapsed = start_elapsed + time.perf_counter() - start_time
         bar.update(1)
-        logging = _due(run.step, c.log_every, c.steps)
-        if logging and not math.isfinite(float(run.window_sum)):
-            raise FloatingPointError(f"the loss became {float(run.window_sum)} by step {run.step}; "
-                                     "try a lower lr")
+        logging, saving = _due(run.step, c.log_every, c.steps), _due(run.step, c.ckpt_every, c.steps)
+        if logging or saving:  # the only host synchronisations: at log and checkpoint steps
+            _check_finite(run, weights=saving)
         if not writer:
             continue
         if logging:
             bar.set_postfix(loss=f"{_log_row(run, log_path, float(grad_norm), run.elapsed):.4f}")
         if c.sample_every > 0 and _due(run.step, c.sample_every, c.steps):
             _save_samples(run)
-        if _due(run.step, c.ckpt_every, c.steps):
+        if saving:
             _checkpoint(run)
     bar.close()
+
+
+def _check_finite(run: _Run, weights: bool) -> None:
+    """FloatingPointError if the loss since the last log (and, before a checkpoint, any weight of
+    the network or its EMA) is not finite: the bad state is never saved, the last checkpoint stays.
+    Every process checks the same all-reduced loss and the same weights, so all stop together."""
+    ok = torch.isfinite(torch.as_tensor(run.window_sum)).all()
+    if weights:
+        params = [*run.net.parameters(), *(run.ema.parameters() if run.ema is not None else ())]
+        ok = ok & torch.stack([p.detach().isfinite().all() for p in params]).all()
+    if not bool(ok):
+        saved = run.out_dir / MODEL_DIR
+        kept = f"the checkpoint in {saved} is left as it was" if saved.exists() else "nothing was saved"
+        raise FloatingPointError(f"training diverged by step {run.step} (loss {float(run.window_sum)}, "
+                                 f"lr {lr_at(run.config, run.step - 1):g}); {kept}; try a lower lr")
