@@ -391,6 +391,7 @@ def _loop(run: _Run, progress: bool) -> None:
         logging, saving = _due(run.step, c.log_every, c.steps), _due(run.step, c.ckpt_every, c.steps)
         if logging or saving:  # the only host synchronisations: at log and checkpoint steps
             _check_finite(run, weights=saving)
+            run.elapsed = start_elapsed + time.perf_counter() - start_time  # the device has caught up
         if not writer:
             continue
         if logging:
