@@ -7,13 +7,20 @@ A network sees the *schedule's* input ``x_t = alpha x`` (VP) or ``x`` (VE/EDM) a
 - ``x0``:    the clean data,                                  x0 = output
 - ``v``:     v = alpha n - std x0 (Salimans & Ho 2022, sec. 4), x0 = (alpha x_t - std v)/(alpha^2 + std^2)
 - ``score``: grad log p(x_t) = -n / std (Song et al. 2021),   x0 = x + sigma std * score
+- ``flow``:  the velocity dx_t/dt = n - x0 of the linear path x_t = (1 - t) x0 + t n (flow matching,
+             Lipman et al. 2023, eq. 21-23; rectified flow, Liu et al. 2023), on any schedule
+             x0 = (x_t - std u)/(alpha + std) = (x - sigma u)/(1 + sigma)
 - ``edm``:   EDM preconditioning (Karras et al. 2022, Table 1, sec. 5):
              D = c_skip x + c_out F(c_in x, c_noise), c_skip = sd^2/(sigma^2 + sd^2),
              c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1/sqrt(sigma^2 + sd^2), c_noise = log(sigma)/4.
 
-Everything here is in the VE convention of docs/design.md: ``x = x0 + sigma n``.
+Everything here is in the VE convention of docs/design.md: ``x = x0 + sigma n``. At sigma = inf
+(pure noise, t = 1 of a :class:`~difflab.schedules.Flow`) x is the unit noise n itself, the limit
+of x / sigma, and D(n, inf) = lim D(sigma n, sigma): a flow network's x0 = n - u(n, t=1).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -23,7 +30,7 @@ from .schedules import EDM, Schedule
 __all__ = ["PREDICTIONS", "NetworkDenoiser", "CountingDenoiser", "AutocastDenoiser", "x0_from_prediction",
            "prediction_from_x0", "append_dims"]
 
-PREDICTIONS = ("eps", "x0", "v", "score", "edm")
+PREDICTIONS = ("eps", "x0", "v", "score", "flow", "edm")
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -42,13 +49,17 @@ def x0_from_prediction(prediction: str, out, x, sigma, alpha):
         return (alpha * (alpha * x) - std * out) / (alpha**2 + std**2)
     if prediction == "score":
         return x + sigma * std * out
-    raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS[:4]}")
+    if prediction == "flow":
+        return (x - sigma * out) / (1 + sigma)
+    raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS[:5]}")
 
 
-def prediction_from_x0(prediction: str, x0, x, sigma, alpha):
-    """Inverse of :func:`x0_from_prediction`: the target a network of that kind should output."""
+def prediction_from_x0(prediction: str, x0, x, sigma, alpha, eps=None):
+    """Inverse of :func:`x0_from_prediction`: the target a network of that kind should output.
+    ``eps``: the noise n when it is known (training), which is exact where (x - x0) / sigma loses
+    precision (sigma near 0)."""
     std = alpha * sigma
-    eps = (x - x0) / sigma
+    eps = (x - x0) / sigma if eps is None else eps
     if prediction == "eps":
         return eps
     if prediction == "x0":
@@ -57,7 +68,9 @@ def prediction_from_x0(prediction: str, x0, x, sigma, alpha):
         return alpha * eps - std * x0
     if prediction == "score":
         return -eps / std
-    raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS[:4]}")
+    if prediction == "flow":
+        return eps - x0
+    raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS[:5]}")
 
 
 def edm_coefficients(sigma, sigma_data: float):
@@ -93,6 +106,8 @@ class NetworkDenoiser(nn.Module):
 
     def forward(self, x, sigma, **cond):
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
+        if bool(torch.isinf(sigma).any()):
+            return self._from_pure_noise(x, sigma, cond)
         x_in, c_noise, alpha = self.network_inputs(x, sigma)
         out = self.net(x_in, c_noise.to(x.dtype), **cond).to(x.dtype)
         if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
@@ -104,6 +119,20 @@ class NetworkDenoiser(nn.Module):
             c_skip, c_out, _ = edm_coefficients(s, self.sigma_data)
             return c_skip * x + c_out * out
         return x0_from_prediction(self.prediction, out, x, s, append_dims(alpha, x.ndim).to(x.dtype))
+
+    def _from_pure_noise(self, n, sigma, cond):
+        """D(n, inf) for a schedule that reaches pure noise (alpha = 0 at t_max, a flow): the network
+        sees x_t = std(t_max) n, and x0 = (x_t - std u) / std for velocity, its output for x0."""
+        if not bool(torch.isinf(sigma).all()):
+            raise ValueError("sigma = inf (pure noise) must hold for the whole batch")
+        if not math.isinf(self.schedule.sigma_max) or self.prediction not in ("flow", "x0"):
+            raise ValueError(f"sigma = inf needs a model that reaches pure noise (a flow schedule with flow or "
+                             f"x0 prediction); this one has {type(self.schedule).__name__} and {self.prediction!r}")
+        std = float(self.schedule.std(torch.tensor(self.schedule.t_max, dtype=torch.float64)))
+        x_in = std * n
+        out = self.net(x_in, self.schedule.c_noise(sigma.to(torch.float64)).to(n.dtype), **cond).to(n.dtype)
+        out = out[:, :n.shape[1]] if out.ndim == n.ndim and out.shape[1] == 2 * n.shape[1] else out
+        return out if self.prediction == "x0" else (x_in - std * out) / std
 
 
 class CountingDenoiser:

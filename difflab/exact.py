@@ -45,13 +45,16 @@ class GaussianMixture:
         return x.reshape(x.shape[0], -1).to(self.dtype)
 
     def _log_joint(self, x, sigma):
-        """log w_k + log N(x; mu_k, (s_k^2 + sigma^2) I) for each component: (B, K); and var (B, K)."""
+        """log w_k + log N(x; mu_k, (s_k^2 + sigma^2) I) for each component: (B, K); and var (B, K).
+        At sigma = inf (x then holds the unit noise, see :meth:`denoiser`) the responsibilities are
+        the weights: the log-joint is returned up to a constant per row."""
         sigma = torch.as_tensor(sigma, dtype=self.dtype).reshape(-1, 1)
         var = self.stds[None] ** 2 + sigma**2  # (B or 1, K)
         # |x - mu|^2 by matmul; in float64 the cancellation error (~1e-16 |x|^2) is far below var.
         sq = (x.square().sum(1, keepdim=True) - 2 * x @ self.means.T + self.means.square().sum(1)).clamp_min(0)
         log_norm = -0.5 * self.dim * (2 * math.pi * var).log()
-        return self.log_weights[None] + log_norm - 0.5 * sq / var, var
+        log_joint = self.log_weights[None] + log_norm - 0.5 * sq / var
+        return torch.where(torch.isinf(sigma), self.log_weights[None], log_joint), var
 
     def class_posterior(self, x, sigma) -> torch.Tensor:
         """p(k | x; sigma), the responsibilities r_k(x): (B, K)."""
@@ -65,7 +68,8 @@ class GaussianMixture:
 
     def denoiser(self, x, sigma, component: int | torch.Tensor | None = None) -> torch.Tensor:
         """E[x0 | x0 + sigma n = x]; with ``component`` (int or (B,) ids), the denoiser of that
-        component alone, E[x0 | x, k] (the class-conditional oracle)."""
+        component alone, E[x0 | x, k] (the class-conditional oracle). At sigma = inf, the limit
+        E[x0] (x, the unit noise, carries no information)."""
         xf = self._flat(x)
         log_joint, var = self._log_joint(xf, sigma)
         if component is None:

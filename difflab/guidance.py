@@ -167,6 +167,8 @@ def classifier_guidance(denoiser, log_prob_fn, scale: float, *, conditional_mode
             raise ValueError("classifier guidance needs class labels y (pass cond={'y': ...} to the sampler)")
         y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(x.shape[0])
         x0 = denoiser(x, sigma, y=y) if conditional_model else denoiser(x, sigma)
+        if bool(torch.isinf(sigma).any()):  # pure noise (a flow's first step) says nothing of y: unguided
+            return x0
         grad = _grad_log_prob(log_prob_fn, x, sigma, y)
         return x0 + scale * append_dims(sigma.to(x.dtype), x.ndim) ** 2 * grad.to(x0.dtype)
 

@@ -10,6 +10,7 @@ there is one.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -17,8 +18,8 @@ from torch import nn
 
 from .denoisers import AutocastDenoiser, NetworkDenoiser
 from .guidance import check_labels, guided_denoiser
-from .samplers import SAMPLERS, generate
-from .schedules import karras_sigmas, loglinear_sigmas, make_schedule
+from .samplers import LOGSNR_SAMPLERS, SAMPLERS, default_sigmas, generate
+from .schedules import karras_sigmas, loglinear_sigmas, make_schedule, time_uniform_sigmas
 from .training.checkpoint import CheckpointError, build_model
 from .training.config import TrainConfig
 
@@ -26,10 +27,12 @@ __all__ = ["TrainedModel", "load", "CheckpointError", "resolve_device", "resolve
            "SCHEDULES", "DEFAULT_SCHEDULE"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: Named sigma schedules of :meth:`TrainedModel.sigmas`: Karras et al. (2022, eq. 5) with rho = 7,
-#: and uniform in log-SNR (Lu et al. 2022, sec. 3.3). A JSON file or a tensor of sigmas also works.
-SCHEDULES = ("karras", "logsnr")
-DEFAULT_SCHEDULE = "karras"
+#: Named sigma schedules of :meth:`TrainedModel.sigmas`: ``auto`` (the measured default,
+#: :func:`difflab.samplers.default_sigmas`), Karras et al. (2022, eq. 5) with rho = 7, uniform in
+#: log-SNR (Lu et al. 2022, sec. 3.3) and uniform in the schedule's own time (for a flow: t = 1,
+#: ..., 0 from pure noise). A JSON file or a tensor of sigmas also works.
+SCHEDULES = ("auto", "karras", "logsnr", "uniform")
+DEFAULT_SCHEDULE = "auto"
 MEMORY_FRACTION = 0.5  # of the free GPU memory that an automatic batch may use
 
 
@@ -122,19 +125,33 @@ class TrainedModel:
             raise CheckpointError(str(e)) from e
 
     def sigmas(self, steps: int = 20, schedule=DEFAULT_SCHEDULE, sigma_min: float | None = None,
-               sigma_max: float | None = None) -> torch.Tensor:
+               sigma_max: float | None = None, sampler: str = "dpmpp_2m") -> torch.Tensor:
         """The sigma sequence (``steps`` sigmas and a trailing 0, on the model's device) between the
         schedule's range (or ``sigma_min`` / ``sigma_max``): ``schedule`` is a name of
         :data:`SCHEDULES`, a JSON file holding a list of sigmas (or ``{"sigmas": [...]}``, e.g. an
         optimised schedule of :mod:`difflab.tuning`), or the sigmas themselves (then ``steps`` and
-        the range are theirs)."""
+        the range are theirs). ``auto`` is :func:`difflab.samplers.default_sigmas`: time-uniform
+        from pure noise for a flow, log-SNR for the samplers measured better there, Karras
+        otherwise."""
         if isinstance(schedule, str) and schedule in SCHEDULES:
             if steps < 1:
                 raise CheckpointError(f"need steps >= 1, got {steps}")
+            reaches_noise = math.isinf(self.schedule.sigma_max)
+            if schedule == "auto" and (sigma_min, sigma_max) == (None, None):
+                return default_sigmas(self.schedule, steps, sampler).to(self.device)
+            if schedule == "auto":
+                schedule = "logsnr" if sampler in LOGSNR_SAMPLERS else "karras"
+            if schedule == "uniform":
+                if (sigma_min, sigma_max) != (None, None):
+                    raise CheckpointError("the uniform schedule spans the model's own time range; "
+                                          "sigma_min and sigma_max apply to karras and logsnr")
+                return time_uniform_sigmas(self.schedule, steps).to(self.device)
             lo = self.schedule.sigma_min if sigma_min is None else sigma_min
             hi = self.schedule.sigma_max if sigma_max is None else sigma_max
-            if not 0 < lo < hi:
-                raise CheckpointError(f"need 0 < sigma_min < sigma_max, got {lo} and {hi}")
+            if not 0 < lo < hi < math.inf:
+                raise CheckpointError(f"the {schedule} schedule needs 0 < sigma_min < sigma_max < inf, got {lo} "
+                                      f"and {hi}" + (" (this flow model reaches pure noise: pass sigma_min and "
+                                                     "sigma_max, or use the uniform schedule)" if reaches_noise else ""))
             make = karras_sigmas if schedule == "karras" else loglinear_sigmas
             return make(steps, lo, hi).to(self.device)
         if isinstance(schedule, str) and not schedule.endswith(".json") and not Path(schedule).exists():
@@ -168,8 +185,9 @@ class TrainedModel:
             torch.cuda.reset_peak_memory_stats(self.device)
             x = torch.zeros((probe, *self.data_shape), device=self.device)
             y = None if self.num_classes is None else {"y": torch.zeros(probe, dtype=torch.long, device=self.device)}
-            with torch.inference_mode():
-                self.sampling_denoiser()(x, torch.ones(probe, device=self.device), **(y or {}))
+            probe_denoiser = self.denoiser if self.dtype == torch.float32 else AutocastDenoiser(self.denoiser, self.dtype)
+            with torch.inference_mode():  # not the compiled one: that would compile for this shape too
+                probe_denoiser(x, torch.ones(probe, device=self.device), **(y or {}))
             peak = torch.cuda.max_memory_allocated(self.device) - base
             self._bytes_per_sample = max(1, peak // probe)
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -205,7 +223,7 @@ class TrainedModel:
         if noise is not None and tuple(noise.shape) != (n, *self.data_shape):
             raise CheckpointError(f"noise must have shape {(n, *self.data_shape)} (n, *data_shape), "
                                   f"got {tuple(noise.shape)}")
-        sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max)
+        sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, sampler)
         labels = self.labels(y, n, classifier)
         try:
             denoiser, cond = guided_denoiser(self.sampling_denoiser(), y=labels, num_classes=self.num_classes,

@@ -16,7 +16,7 @@ import math
 import torch
 
 __all__ = [
-    "Schedule", "DiscreteVP", "ContinuousVP", "SubVP", "VE", "EDM", "make_schedule",
+    "Schedule", "DiscreteVP", "ContinuousVP", "SubVP", "VE", "EDM", "Flow", "make_schedule",
     "linear_betas", "cosine_betas", "scaled_linear_betas", "sigmoid_betas",
     "karras_sigmas", "loglinear_sigmas", "time_uniform_sigmas", "time_quadratic_sigmas",
     "discrete_sigmas", "q_sample", "ddpm_posterior", "ve_posterior",
@@ -255,16 +255,41 @@ class EDM(Schedule):
         return 0.25 * _t(sigma).log()
 
 
+class Flow(Schedule):
+    """The linear path of flow matching and rectified flow, x_t = (1 - t) x0 + t n for t in [0, 1]
+    (Lipman et al. 2023, sec. 4.1 with sigma_min = 0, their "OT path"; Liu et al. 2023, eq. 1):
+    alpha = 1 - t, std = t, so sigma = t / (1 - t) and t = sigma / (1 + sigma). Pure noise, t = 1,
+    is sigma = infinity: the samplers start there exactly (see :func:`difflab.samplers.sample`).
+    c_noise = 1000 t, the network's time input (as for :class:`ContinuousVP`)."""
+
+    def log_alpha(self, t):
+        return torch.log1p(-_t(t))
+
+    def ve_sigma(self, t):
+        t = _t(t)
+        return t / (1 - t)
+
+    def std(self, t):
+        return _t(t) * 1.0
+
+    def t_of_ve_sigma(self, sigma):
+        sigma = _t(sigma)
+        return 1 / (1 + 1 / sigma)  # exact at both ends: sigma = 0 -> 0, sigma = inf -> 1
+
+    def c_noise(self, sigma):
+        return 1000 * self.t_of_ve_sigma(sigma)
+
+
 _SCHEDULES = {"DiscreteVP": DiscreteVP, "ContinuousVP": ContinuousVP, "SubVP": SubVP, "VE": VE,
-              "EDM": EDM}
+              "EDM": EDM, "Flow": Flow}
 
 
 def make_schedule(spec: dict | str) -> Schedule:
     """Rebuild a schedule from ``Schedule.to_dict()`` output, or from a short name
     (``"linear"``, ``"cosine"``, ``"scaled_linear"``, ``"sigmoid"``, ``"vp"``, ``"subvp"``,
-    ``"ve"``, ``"edm"``)."""
+    ``"ve"``, ``"edm"``, ``"flow"``)."""
     if isinstance(spec, str):
-        names = {"vp": ContinuousVP, "subvp": SubVP, "ve": VE, "edm": EDM}
+        names = {"vp": ContinuousVP, "subvp": SubVP, "ve": VE, "edm": EDM, "flow": Flow}
         if spec in _BETAS:
             return DiscreteVP(spec)
         if spec in names:
@@ -306,9 +331,14 @@ def loglinear_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor
 
 def time_uniform_sigmas(schedule: Schedule, n: int, t_min: float | None = None,
                         t_max: float | None = None) -> torch.Tensor:
-    """Uniform steps in the schedule's own time (Song et al. 2021; DDIM for continuous t)."""
-    t = torch.linspace(t_max if t_max is not None else schedule.t_max,
-                       t_min if t_min is not None else schedule.t_min, n, dtype=torch.float64)
+    """Uniform steps in the schedule's own time (Song et al. 2021; DDIM for continuous t): n sigmas
+    from t_max to t_min and a trailing 0, or, when sigma(t_min) is already 0 (a :class:`Flow`), the
+    n + 1 times t_max, ..., t_min themselves (for a flow: t_i = 1 - i/n, from sigma = inf)."""
+    hi = t_max if t_max is not None else schedule.t_max
+    lo = t_min if t_min is not None else schedule.t_min
+    if float(schedule.ve_sigma(torch.tensor(lo, dtype=torch.float64))) == 0:
+        return schedule.ve_sigma(torch.linspace(hi, lo, n + 1, dtype=torch.float64)).float()
+    t = torch.linspace(hi, lo, n, dtype=torch.float64)
     return _append_zero(schedule.ve_sigma(t)).float()
 
 

@@ -72,6 +72,10 @@ def test_schedules_and_sampler_options(model_dir, tmp_path):
     lo, hi = model.schedule.sigma_min, model.schedule.sigma_max
     torch.testing.assert_close(model.sigmas(6, "karras"), karras_sigmas(6, lo, hi))
     torch.testing.assert_close(model.sigmas(6, "logsnr"), loglinear_sigmas(6, lo, hi))
+    # auto: log-SNR for the multistep exponential integrators, Karras for Euler / Heun (measured)
+    torch.testing.assert_close(model.sigmas(6, "auto", sampler="dpmpp_2m"), loglinear_sigmas(6, lo, hi))
+    torch.testing.assert_close(model.sigmas(6, "auto", sampler="unipc"), loglinear_sigmas(6, lo, hi))
+    torch.testing.assert_close(model.sigmas(6, "auto", sampler="heun"), karras_sigmas(6, lo, hi))
     path = tmp_path / "sigmas.json"
     path.write_text(json.dumps({"sigmas": [10.0, 1.0, 0.1, 0.0]}))
     torch.testing.assert_close(model.sigmas(schedule=path), torch.tensor([10.0, 1.0, 0.1, 0.0]))
@@ -127,7 +131,7 @@ def test_compile_gives_the_same_samples(model_dir):
 
 def test_cli_device_dtype_schedule_and_options(model_dir, tmp_path, capsys):
     npz = {}
-    for name, extra in [("plain", []), ("bf16", ["--dtype", "bf16"]), ("logsnr", ["--schedule", "logsnr"]),
+    for name, extra in [("plain", []), ("bf16", ["--dtype", "bf16"]), ("karras", ["--schedule", "karras"]),
                         ("eta", ["--sampler", "ddim", "--option", "eta=1"])]:
         status, _, err = run(capsys, "sample", model_dir, "--n", 8, "--steps", 4, "--seed", 0, "--device", "cpu",
                              "--npz", tmp_path / f"{name}.npz", *extra)
@@ -136,7 +140,7 @@ def test_cli_device_dtype_schedule_and_options(model_dir, tmp_path, capsys):
 
         with np.load(tmp_path / f"{name}.npz") as f:
             npz[name] = torch.from_numpy(f["x"])
-    for name in ("bf16", "logsnr", "eta"):
+    for name in ("bf16", "karras", "eta"):
         assert not torch.equal(npz[name], npz["plain"])
     assert (npz["bf16"] - npz["plain"]).abs().max() < 0.1 * npz["plain"].abs().max()
     assert_user_error(run(capsys, "sample", model_dir, "--n", 2, "--npz", tmp_path / "x.npz", "--option", "eta"),

@@ -29,11 +29,12 @@ def rms(a, b):
 
 
 # (sampler, options, theoretical order). DPM-Solver++(3M) as published ("official") is formally
-# second order (docs/samplers.md); its "taylor" variant is third order. UniPC-3's corrector raises
-# its order to 4 (Zhao et al. 2023, Theorem 3.3), hence its wider upper margin.
+# second order (docs/samplers.md); its "taylor" variant is third order. UniPC-p's corrector raises
+# its order to p + 1 (Zhao et al. 2023, Theorem 3.3), hence its wider upper margin.
 ORDERS = [("euler", {}, 1), ("ddim", {}, 1), ("dpm_solver_1", {}, 1), ("heun", {}, 2),
           ("dpm_solver_2", {}, 2), ("dpmpp_2m", {}, 2), ("dpmpp_3m", {}, 2),
-          ("dpm_solver_3", {}, 3), ("dpmpp_3m", {"variant": "taylor"}, 3), ("unipc", {}, 3)]
+          ("dpm_solver_3", {}, 3), ("dpmpp_3m", {"variant": "taylor"}, 3), ("unipc", {"order": 3}, 3),
+          ("unipc", {}, 2)]
 
 
 @pytest.mark.parametrize("name,opts,order", ORDERS)

@@ -22,7 +22,11 @@ from difflab.exact import random_mixture, ring_mixture  # noqa: E402
 from difflab.samplers import denoiser_calls  # noqa: E402
 
 SMIN, SMAX = 0.002, 80.0
-NAMES = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]
+#: label -> (difflab sampler, its options, diffusers scheduler, its config overrides)
+CASES = {"euler": ("euler", {}, "euler", {}), "heun": ("heun", {}, "heun", {}),
+         "dpmpp_2m": ("dpmpp_2m", {}, "dpmpp_2m", {}), "dpmpp_3m": ("dpmpp_3m", {}, "dpmpp_3m", {}),
+         "unipc": ("unipc", {}, "unipc", {}), "unipc_3": ("unipc", {"order": 3}, "unipc", {"solver_order": 3})}
+NAMES = list(CASES)
 IDENTICAL = set(NAMES)  # every one is the same algorithm as diffusers' (dpmpp_3m: variant="official")
 PROBLEMS = {"gmm2d": ring_mixture, "gmm64": random_mixture}
 ROWS = []
@@ -60,16 +64,17 @@ def problem(request):
 @pytest.mark.parametrize("name", NAMES)
 def test_no_less_accurate_than_diffusers(problem, name, n):
     pname, gmm, x_T, ref = problem
+    sampler, options, scheduler, config = CASES[name]
     sigmas = difflab.karras_sigmas(n, SMIN, SMAX).double()
     counted = CountingDenoiser(gmm)
-    ours = difflab.sample(counted, x_T.clone(), sigmas, name)
+    ours = difflab.sample(counted, x_T.clone(), sigmas, sampler, **options)
     info = {}
-    theirs = run_diffusers(name, gmm, x_T.clone(), sigmas, info=info)
+    theirs = run_diffusers(scheduler, gmm, x_T.clone(), sigmas, info=info, **config)
 
     used = info["scheduler"].sigmas
     used = torch.cat([used[:1], used[1::2]]) if name == "heun" else used
     assert torch.equal(used, sigmas), "diffusers did not integrate over difflab's sigmas"
-    assert counted.calls == info["nfe"] == denoiser_calls(name, sigmas)
+    assert counted.calls == info["nfe"] == denoiser_calls(sampler, sigmas)
     assert theirs.dtype == torch.float64
 
     err, err_hf = rms(ours, ref), rms(theirs, ref)
@@ -78,7 +83,7 @@ def test_no_less_accurate_than_diffusers(problem, name, n):
     if name in IDENTICAL:
         # 100 ulps of the largest coordinate in the precision diffusers steps in (10^4 for UniPC,
         # whose coefficients come from small Vandermonde solves done in a different order).
-        eps = torch.finfo(torch.float32 if name in FLOAT32_STEP else torch.float64).eps
-        tol = (1e4 if name == "unipc" else 100) * eps * float(ref.abs().max())
+        eps = torch.finfo(torch.float32 if scheduler in FLOAT32_STEP else torch.float64).eps
+        tol = (1e4 if sampler == "unipc" else 100) * eps * float(ref.abs().max())
         assert diff <= tol, f"{name}: outputs differ by {diff:.2e} (> {tol:.1e}) though the algorithm is the same"
     assert err <= 1.02 * err_hf, f"difflab {name} error {err:.4e} > 1.02 x diffusers' {err_hf:.4e}"

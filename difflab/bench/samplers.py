@@ -37,6 +37,7 @@ DETERMINISTIC = {
     "euler": ("euler", {}), "heun": ("heun", {}), "dpm_solver_2": ("dpm_solver_2", {}),
     "dpm_solver_3": ("dpm_solver_3", {}), "dpmpp_2m": ("dpmpp_2m", {}), "dpmpp_3m": ("dpmpp_3m", {}),
     "dpmpp_3m_taylor": ("dpmpp_3m", {"variant": "taylor"}), "unipc": ("unipc", {}),
+    "unipc_3": ("unipc", {"order": 3}),
 }
 STOCHASTIC_ORDER = ["ddpm", "euler_ancestral", "edm_stochastic", "dpmpp_2m_sde", "em", "pc"]
 CALLS = (5, 8, 10, 15, 20, 50)
@@ -45,8 +46,8 @@ SCHEDULES = {
     "logsnr": lambda n: loglinear_sigmas(n, SIGMA_MIN, SIGMA_MAX).double(),
 }
 #: (sampler, calls) pairs for which an optimised schedule is searched (see difflab.tuning).
-OPTIMISED = [("dpmpp_2m", 10), ("dpmpp_3m", 10), ("unipc", 10), ("unipc", 5), ("unipc", 8),
-             ("unipc", 15), ("unipc", 20)]
+OPTIMISED = [("dpmpp_2m", 10), ("dpmpp_3m", 10), ("unipc_3", 10), ("unipc_3", 5), ("unipc_3", 8),
+             ("unipc_3", 15), ("unipc_3", 20)]
 
 
 def steps_for_calls(name: str, calls: int) -> int:

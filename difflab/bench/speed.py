@@ -287,7 +287,7 @@ def bench_gpu(out_dir="benchmarks/gpu", device=None, *, quick: bool = False, com
     """The train and sample tables of issue 11 for the ``cifar10-ddpm`` network (batch 128 and 256
     samples; ``quick``: the digits network, tiny counts, any device). ``compile=False`` leaves out
     the compiled rows. Writes ``train.csv``, ``sample.csv`` and ``output.md`` under ``out_dir``."""
-    import difflab
+    from ..pipeline import load
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type != "cuda" and not quick:
@@ -337,7 +337,7 @@ def bench_gpu(out_dir="benchmarks/gpu", device=None, *, quick: bool = False, com
             sample_rows.append({"path": f"diffusers loop, {weights} weights, {name}", "seconds": seconds})
         for dtype in ("bf16", "fp32"):
             for compile_ in (False, True) if compile else (False,):
-                model = difflab.load(model_dir, device, dtype=dtype, compile=compile_)
+                model = load(model_dir, device, dtype=dtype, compile=compile_)
 
                 def run(model=model):
                     return model.sample(n, steps=sample_steps, seed=0, batch_size=n)

@@ -41,7 +41,7 @@ SCHEDULERS = {
         "prediction_type": "epsilon", "thresholding": False, "lower_order_final": True,
         "euler_at_final": False, "final_sigmas_type": "zero"}),
     "unipc": ("UniPCMultistepScheduler", {
-        "solver_order": 3, "solver_type": "bh2", "predict_x0": True, "disable_corrector": [],
+        "solver_order": 2, "solver_type": "bh2", "predict_x0": True, "disable_corrector": [],
         "prediction_type": "epsilon", "thresholding": False, "lower_order_final": True,
         "final_sigmas_type": "zero"}),
 }
@@ -117,12 +117,12 @@ def run_diffusers(name: str, denoiser, x_T: torch.Tensor, sigmas, *, info: dict 
       update is the authors' (dpm_solver_pytorch.py): phi_3 D2 with D2 ~ h^2 D''/2, half the
       Taylor term, so it converges at order 2 asymptotically. n calls; float32 rounding of x_vp
       as for dpmpp_2m.
-    - ``"unipc"``: ``UniPCMultistepScheduler(solver_type="bh2", solver_order=3, predict_x0=True,
-      disable_corrector=[])`` (Zhao et al. 2023; bh2, data prediction and the corrector on are
-      diffusers' defaults, ``solver_order=3`` is not: its default is 2). Order ramps 1, 2, 3;
-      ``lower_order_final=True`` makes the predictor order min(3, n - k) at step k for any n, so
-      the step into the last positive sigma uses UniP-2 and the last step (to 0) is x = D at the
-      predicted, uncorrected point (the corrector applied there is discarded by that step). n calls.
+    - ``"unipc"``: ``UniPCMultistepScheduler(solver_type="bh2", solver_order=2, predict_x0=True,
+      disable_corrector=[])`` (Zhao et al. 2023; all of these are diffusers' defaults, and order 2
+      is difflab's too). Order ramps 1, 2; ``lower_order_final=True`` makes the predictor order
+      min(order, n - k) at step k for any n, so the step into the last positive sigma uses UniP-1
+      and the last step (to 0) is x = D at the predicted, uncorrected point (the corrector applied
+      there is discarded by that step). n calls. ``config={"solver_order": 3}`` compares order 3.
       All float64.
 
     The sigmas are set in float64 (diffusers would store them as float32); the timesteps passed to

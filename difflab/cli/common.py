@@ -33,8 +33,9 @@ def add_model_options(p) -> None:
 
 def add_sampling_options(p) -> None:
     """--schedule and --option: the sigma schedule and the sampler's own options."""
-    p.add_argument("--schedule", default="karras", metavar="NAME|FILE.json",
-                   help="sigma schedule: karras, logsnr, or a JSON list of sigmas (default: %(default)s)")
+    p.add_argument("--schedule", default="auto", metavar="NAME|FILE.json",
+                   help="sigma schedule: auto (the measured best for the sampler), karras, logsnr, uniform, "
+                   "or a JSON list of sigmas (default: %(default)s)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option, e.g. eta=0.5 or order=2 (repeatable; see 'difflab info')")
 

@@ -27,8 +27,9 @@ def add_parser(sub, parser_class) -> None:
     common.add_argument("--out", type=Path, required=True, metavar="OUT.png", help="the PNG figure")
     common.add_argument("--steps", type=int, default=20, metavar="K", help="sampling steps (default: %(default)s)")
     common.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)")
-    common.add_argument("--schedule", default="karras", metavar="NAME|FILE.json",
-                        help="sigma schedule: karras, logsnr, or a JSON list of sigmas (default: %(default)s)")
+    common.add_argument("--schedule", default="auto", metavar="NAME|FILE.json",
+                        help="sigma schedule: auto, karras, logsnr, uniform, or a JSON list of sigmas "
+                        "(default: %(default)s)")
     add_model_options(common)
     sampler = argparse.ArgumentParser(add_help=False)
     sampler.add_argument("--sampler", metavar="NAME", help="sampler (default: the method's own)")
@@ -72,7 +73,7 @@ def run(args) -> None:
     if model.data_kind != "image":
         raise UserError(f"edit needs an image model; {args.model_dir} was trained on {model.config.data!r} points")
     x = _edit_inputs(args, model.data_shape).to(model.device)
-    sigmas = model.sigmas(args.steps, args.schedule)
+    sigmas = model.sigmas(args.steps, args.schedule, sampler=getattr(args, "sampler", None))
     gen = torch.Generator(model.device).manual_seed(args.seed)
     with torch.inference_mode():
         rows, names = _EDITORS[args.editor](model.sampling_denoiser(), x, sigmas, gen, args)

@@ -218,14 +218,19 @@ def ddrm(denoiser, y: torch.Tensor, operator: LinearOperator, sigmas, *, sigma_y
     sigma_0 = float(sigmas[0])
     z = noise_like(y_bar, generator)
     start_at_y = seen & (sigma_0 > sigma_y_bar)
-    x_bar = torch.where(start_at_y, y_bar + (sigma_0**2 - sigma_y_bar**2).clamp_min(0).sqrt() * z, sigma_0 * z)
+    if math.isinf(sigma_0):  # pure noise (a flow): the state is the unit noise, y is not yet visible
+        x_bar = z
+    else:
+        x_bar = torch.where(start_at_y, y_bar + (sigma_0**2 - sigma_y_bar**2).clamp_min(0).sqrt() * z, sigma_0 * z)
     x = operator.V(x_bar)
     c = math.sqrt(1 - eta**2)
     for i, sigma, sigma_next in steps(sigmas, desc="ddrm"):
         x0_hat = denoise(denoiser, x, sigma, cond)
         report(callback, i, x, sigma, sigma_next, x0_hat)
         x0_bar, x_bar, z = operator.Vt(x0_hat), operator.Vt(x), noise_like(x_bar, generator)
-        unseen = x0_bar + c * sigma_next * (x_bar - x0_bar) / sigma + eta * sigma_next * z
+        # (x - x0) / sigma, the current noise estimate; at sigma = inf the state is that noise
+        eps_bar = x_bar if math.isinf(sigma) else (x_bar - x0_bar) / sigma
+        unseen = x0_bar + c * sigma_next * eps_bar + eta * sigma_next * z
         below = x0_bar + c * sigma_next * (y_bar - x0_bar) / torch.where(noisy, sigma_y_bar, 1) + eta * sigma_next * z
         above = ((1 - eta_b) * x0_bar + eta_b * y_bar
                  + (sigma_next**2 - eta_b**2 * sigma_y_bar**2).clamp_min(0).sqrt() * z)

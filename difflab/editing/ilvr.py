@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..samplers import sample
+from ..samplers import sample, start_from_noise
 from ..samplers.stepping import noise_like, steps
 from .ddrm import SuperResolution
 
@@ -32,7 +32,7 @@ def ilvr(denoiser, x_ref: torch.Tensor, sigmas, *, factor: int, sampler: str = "
     at each step (multistep samplers run as their one-step start); ``options`` go to it.
     """
     low_pass(x_ref, factor)  # checks factor and shape before any sampling
-    x = float(sigmas[0]) * noise_like(x_ref, generator)
+    x = start_from_noise(sigmas, noise_like(x_ref, generator))
     for i, _, sigma_next in steps(sigmas, desc="ilvr"):
         x = sample(denoiser, x, sigmas[i:i + 2], sampler, generator=generator, **options)
         y = x_ref + sigma_next * noise_like(x_ref, generator)

@@ -13,7 +13,7 @@ import math
 import torch
 
 from ..denoisers import append_dims
-from ..samplers import sample
+from ..samplers import sample, start_from_noise
 from ..samplers.stepping import noise_like
 
 __all__ = ["inpaint", "replaced_denoiser", "repaint_schedule", "check_mask"]
@@ -44,7 +44,9 @@ def replaced_denoiser(denoiser, x_known: torch.Tensor, mask: torch.Tensor, gener
     ``x_known``. ``mask`` is boolean (see :func:`check_mask`). Each call consumes ``generator``.
     """
     def d(x, sigma, **cond):
-        x_noisy_known = x_known + append_dims(sigma.to(x), x.ndim) * noise_like(x, generator)
+        z = noise_like(x, generator)
+        s = append_dims(sigma.to(x), x.ndim)
+        x_noisy_known = torch.where(torch.isinf(s), z, x_known + s * z)  # at sigma = inf: the noise itself
         x0_hat = denoiser(torch.where(mask, x_noisy_known, x), sigma, **cond)
         return torch.where(mask, x_known, x0_hat)
 
@@ -77,7 +79,7 @@ def _replace(denoiser, x_known, mask, sigmas, *, generator=None, sampler="ddpm",
         raise ValueError("method='replace' draws fresh noise at every denoiser call, which an adaptive "
                          "solver cannot integrate; choose a fixed-step sampler")
     d = replaced_denoiser(denoiser, x_known, mask, generator)
-    x = float(sigmas[0]) * noise_like(x_known, generator)
+    x = start_from_noise(sigmas, noise_like(x_known, generator))
     return sample(d, x, sigmas, sampler, generator=generator, **options)
 
 
@@ -86,19 +88,21 @@ def _repaint(denoiser, x_known, mask, sigmas, *, generator=None, sampler="ddpm",
     """RePaint (Lugmayr et al. 2022, Algorithm 1 with the jump schedule of sec. 4.2): a step down
     is one step of ``sampler`` with :func:`replaced_denoiser`; a step back up from sigma' to sigma
     is the forward transition x = x' + sqrt(sigma^2 - sigma'^2) z (their q(x_t | x_{t-1}) in the
-    VE convention)."""
+    VE convention). A flow's sigma = inf is handled as by :func:`difflab.samplers.sample`: the
+    state there is the unit noise."""
     for name, v in (("jump_length", jump_length), ("resamplings", resamplings)):
         if not (isinstance(v, int) and v >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     s = [float(v) for v in sigmas]
     d = replaced_denoiser(denoiser, x_known, mask, generator)
     path = repaint_schedule(len(s) - 1, jump_length, resamplings)
-    x = s[0] * noise_like(x_known, generator)
+    x = start_from_noise(sigmas, noise_like(x_known, generator))
     for k, k_next in zip(path[:-1], path[1:]):
         if k_next > k:
             x = sample(d, x, sigmas[k:k_next + 1], sampler, generator=generator, **options)
-        else:
-            x = x + math.sqrt(s[k_next] ** 2 - s[k] ** 2) * noise_like(x, generator)
+        else:  # back up to pure noise (a flow's sigma = inf) the state is fresh noise
+            x = start_from_noise(sigmas[k_next:], noise_like(x, generator)) if math.isinf(s[k_next]) else \
+                x + math.sqrt(s[k_next] ** 2 - s[k] ** 2) * noise_like(x, generator)
     return x
 
 

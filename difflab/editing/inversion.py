@@ -1,6 +1,8 @@
 """Deterministic inversion: run the probability-flow ODE from the data up to sigma_max and back."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..samplers import STOCHASTIC, sample
@@ -27,6 +29,8 @@ def invert(denoiser, x0: torch.Tensor, sigmas, *, sampler: str = "heun", cond=No
     the name used by Mokady et al. 2023): x' = x + (sigma' - sigma)(x - D(x, sigma)) / sigma, first
     order. ``"heun"`` takes Heun's step (Karras et al. 2022, Alg. 1) upwards, second order.
     Denoiser calls: n - 1 (ddim/euler) or 2 (n - 1) (heun), n the number of positive sigmas.
+    A last step up to sigma = inf (a flow's pure noise) is DDIM's, x_T = (x - D(x, sigma)) / sigma,
+    the mirror of the first step of :func:`difflab.samplers.sample` from there.
     """
     if sampler not in _INVERTIBLE:
         raise ValueError(f"inversion supports the samplers {', '.join(_INVERTIBLE)}; got {sampler!r}")
@@ -36,7 +40,9 @@ def invert(denoiser, x0: torch.Tensor, sigmas, *, sampler: str = "heun", cond=No
         if not 0 < sigma < sigma_next:
             raise ValueError(f"sigmas must decrease and be positive before the last; got {sigma_next} -> {sigma}")
         d0 = denoise(denoiser, x, sigma, cond)
-        if sampler == "heun":
+        if math.isinf(sigma_next):  # up to pure noise (a flow's t = 1): the noise estimate itself
+            x = (x - d0) / sigma
+        elif sampler == "heun":
             x = heun_step(denoiser, x, d0, sigma, sigma_next, cond)
         else:
             x = euler_step(x, d0, sigma, sigma_next)

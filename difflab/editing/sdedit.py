@@ -1,6 +1,8 @@
 """SDEdit (Meng et al. 2022): edit by perturbing a guide image with noise, then denoising it."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..samplers import sample
@@ -29,5 +31,6 @@ def sdedit(denoiser, x_guide: torch.Tensor, sigmas, *, strength: float = 0.5, sa
     n = len(sigmas) - 1
     m = max(1, round(strength * n))
     tail = sigmas[n - m:]
-    x = x_guide + float(tail[0]) * noise_like(x_guide, generator)
+    z = noise_like(x_guide, generator)
+    x = z if math.isinf(float(tail[0])) else x_guide + float(tail[0]) * z  # strength 1 of a flow: pure noise
     return sample(denoiser, x, tail, sampler, generator=generator, **options)

@@ -1,10 +1,24 @@
-"""Distances between sample sets: sliced Wasserstein (low-dimensional data) and Fréchet distance."""
+"""Distances between sample sets: exact and sliced Wasserstein (low-dimensional data) and the
+Fréchet distance."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-__all__ = ["sliced_wasserstein", "frechet_distance", "gaussian_stats"]
+__all__ = ["wasserstein2", "sliced_wasserstein", "frechet_distance", "gaussian_stats"]
+
+
+def wasserstein2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The 2-Wasserstein distance between two empirical measures of N points each: the optimal
+    transport plan between equal-weight point sets is a permutation (Birkhoff-von Neumann), found
+    exactly by :func:`difflab.training.losses.ot_pairing` (the Hungarian method); W2 is the root
+    mean squared distance of the matched pairs. ``a``, ``b``: (N, ...) with the same shape."""
+    from ..training.losses import ot_pairing
+
+    a, b = a.reshape(a.shape[0], -1).double().cpu(), b.reshape(b.shape[0], -1).double().cpu()
+    if a.shape != b.shape:
+        raise ValueError(f"sample sets must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return float((a - b[ot_pairing(a, b)]).square().sum(1).mean().sqrt())
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 256,

@@ -25,15 +25,17 @@ from pathlib import Path
 from ..io import atomic
 from ..nets import UNET_PRESETS, MLPConfig
 from ..samplers import SAMPLERS
-from ..schedules import EDM, DiscreteVP, make_schedule
+from ..schedules import EDM, DiscreteVP, Flow, make_schedule
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "save_config", "config_from_dict"]
 
 NETWORKS = ("unet", "mlp")
-TRAIN_PREDICTIONS = ("eps", "x0", "v", "edm")
+TRAIN_PREDICTIONS = ("eps", "x0", "v", "flow", "edm")
 WEIGHTINGS = ("uniform", "min_snr", "edm")
 PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+TIME_SAMPLINGS = ("default", "uniform", "logit_normal")
+COUPLINGS = ("independent", "ot", "pairs")
 _DICT_FIELDS = ("net", "schedule")
 
 
@@ -55,6 +57,13 @@ class TrainConfig:
     (TF32 matrix products on CUDA) or bf16 (autocast on CUDA; the CPU always runs fp32).
     ``compile``: ``torch.compile`` the loss (network forward and backward) with that mode;
     ``"reduce-overhead"`` captures it in CUDA graphs on a GPU.
+
+    Flow matching (Lipman et al. 2023; docs/flow.md) is ``prediction = "flow"`` (the velocity
+    n - x0) on the ``Flow`` schedule. ``time_sampling`` for continuous-time schedules: ``uniform``
+    t (the default) or ``logit_normal``, t = sigmoid(logit_mean + logit_std z) (Esser et al. 2024,
+    sec. 3.1). ``coupling`` of data and noise in a batch: ``independent``, ``ot`` (minibatch optimal
+    transport, Tong et al. 2024, exact assignment of the batch) or ``pairs`` (the data set's own
+    noise column, from ``difflab reflow``). ``init``: a model directory whose weights start the run.
     """
 
     preset: str = "custom"
@@ -91,6 +100,11 @@ class TrainConfig:
     sample_steps: int = 20
     vlb_weight: float = 0.0
     compile: str = "none"
+    time_sampling: str = "default"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    coupling: str = "independent"
+    init: str | None = None
 
     def __post_init__(self):
         for name, hint in _hints().items():
@@ -210,7 +224,8 @@ def _parse_like(key: str, value, current):
 def _validate(c: TrainConfig) -> None:
     """Range and choice checks, each a one-sentence ValueError."""
     choices = {"network": NETWORKS, "prediction": TRAIN_PREDICTIONS, "weighting": WEIGHTINGS,
-               "precision": PRECISIONS, "compile": COMPILE_MODES}
+               "precision": PRECISIONS, "compile": COMPILE_MODES, "time_sampling": TIME_SAMPLINGS,
+               "coupling": COUPLINGS}
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
             raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
@@ -243,9 +258,14 @@ def _validate(c: TrainConfig) -> None:
     if c.sample_sampler not in SAMPLERS:
         raise ValueError(f"TrainConfig.sample_sampler {c.sample_sampler!r} is not one of {', '.join(SAMPLERS)}")
     try:
-        make_schedule(c.schedule)
+        schedule = make_schedule(c.schedule)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"TrainConfig.schedule {c.schedule} is not a valid schedule ({e})") from e
+    if c.time_sampling != "default" and isinstance(schedule, (EDM, DiscreteVP)):
+        raise ValueError(f"TrainConfig.time_sampling {c.time_sampling!r} applies to continuous-time schedules; "
+                         f"{type(schedule).__name__} draws its own noise levels")
+    if not c.logit_std > 0 or not math.isfinite(c.logit_std) or not math.isfinite(c.logit_mean):
+        raise ValueError(f"TrainConfig.logit_std must be positive, got {c.logit_std}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class Dataset:
     num_classes: int | None = None
     name: str = "data"
     class_names: tuple[str, ...] | None = None
+    noise: torch.Tensor | None = None  # a noise sample paired with each x (reflow pairs)
 
     def __post_init__(self):
         if self.x.ndim not in (2, 4) or len(self.x) == 0:
@@ -56,6 +57,9 @@ class Dataset:
                 self.num_classes = len(self.class_names) if self.class_names else int(self.y.max()) + 1
             if self.y.min() < 0 or self.y.max() >= self.num_classes:
                 raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes})")
+        if self.noise is not None and self.noise.shape != self.x.shape:
+            raise DataError(f"{self.name}: the paired noise has shape {tuple(self.noise.shape)}, the data "
+                            f"{tuple(self.x.shape)}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise DataError(
                 f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes"
@@ -86,9 +90,10 @@ class Dataset:
         return (self.batch(batch_size, seed, step) for step in itertools.count(start_step))
 
     def to(self, device: torch.device | str) -> Dataset:
-        """The same data set with `x` and `y` on `device`."""
+        """The same data set with `x`, `y` and `noise` on `device`."""
         y = None if self.y is None else self.y.to(device)
-        return replace(self, x=self.x.to(device), y=y)
+        noise = None if self.noise is None else self.noise.to(device)
+        return replace(self, x=self.x.to(device), y=y, noise=noise)
 
     def info(self) -> dict:
         """JSON-serialisable description (for a model's config.json)."""
@@ -361,7 +366,8 @@ def _load_folder(
 
 
 def _load_array(path: Path, size: int | None, seed: int) -> Dataset:
-    """A .npy array, or a .npz with data under `x`, `images` or `arr_0` and labels under `y` or `labels`.
+    """A .npy array, or a .npz with data under `x`, `images` or `arr_0`, labels under `y` or `labels`
+    and, optionally, a standard normal `noise` paired with each sample (the pairs of a reflow).
 
     uint8 images map from [0, 255] to [-1, 1]; float images must lie in [-1, 1]; (N, H, W, C) with
     C in {1, 3, 4} (and the second axis not) is transposed to (N, C, H, W); (N, H, W) gets one
@@ -379,9 +385,15 @@ def _load_array(path: Path, size: int | None, seed: int) -> Dataset:
                 raise DataError(f"{path}: no array named x, images or arr_0 (found {found})")
             y_key = next((k for k in ("y", "labels") if k in arrays.files), None)
             x, labels = arrays[x_key], arrays[y_key] if y_key else None
+            noise = arrays["noise"] if "noise" in arrays.files else None
     else:
-        x, labels = arrays, None
+        x, labels, noise = arrays, None, None
     x = _array_to_tensor(x, path)
+    if noise is not None:
+        noise = torch.from_numpy(np.ascontiguousarray(noise)).float()
+        if noise.shape != x.shape or not torch.isfinite(noise).all():
+            raise DataError(f"{path}: the noise array must be finite and of the data's shape {tuple(x.shape)}, "
+                            f"got {tuple(noise.shape)}")
     y = None
     if labels is not None:
         if labels.shape != (len(x),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
@@ -389,7 +401,8 @@ def _load_array(path: Path, size: int | None, seed: int) -> Dataset:
                             f"got {labels.dtype} {labels.shape}")
         y = torch.from_numpy(labels).long()
     idx = torch.from_numpy(_subset(len(x), size, seed))
-    return Dataset(x[idx], None if y is None else y[idx], name=path.stem)
+    return Dataset(x[idx], None if y is None else y[idx], name=path.stem,
+                   noise=None if noise is None else noise[idx])
 
 
 def _array_to_tensor(x: np.ndarray, path: Path) -> torch.Tensor:
@@ -423,6 +436,8 @@ def _conform(ds: Dataset, resolution: int | None, channels: int | None) -> Datas
         if resolution is not None or channels is not None:
             raise DataError(f"{ds.name} is a set of points; resolution and channels apply to images only")
         return ds
+    if ds.noise is not None and (resolution, channels) != (None, None):
+        raise DataError(f"{ds.name} pairs data with noise; it cannot be resized or converted")
     x = ds.x if resolution is None else imageio.resize_crop(ds.x, resolution)
     x = x if channels is None else imageio.convert_channels(x, channels)
     return ds if x is ds.x else replace(ds, x=x)

@@ -20,25 +20,34 @@ from ..likelihood.learned import hybrid_vlb_term
 from ..schedules import EDM, DiscreteVP, Schedule
 
 __all__ = ["sample_training_sigmas", "x0_output_scale", "x0_weight", "loss_weight", "draw_noise",
-           "drop_labels", "denoising_loss", "diffusion_loss"]
+           "drop_labels", "ot_pairing", "denoising_loss", "diffusion_loss"]
 
 
 def sample_training_sigmas(schedule: Schedule, n: int, generator: torch.Generator | None = None, *,
-                           P_mean: float = -1.2, P_std: float = 1.2, device=None) -> torch.Tensor:
+                           P_mean: float = -1.2, P_std: float = 1.2, time_sampling: str = "uniform",
+                           logit_mean: float = 0.0, logit_std: float = 1.0, device=None) -> torch.Tensor:
     """n training noise levels (float64, on ``device`` or the generator's device):
 
     - :class:`DiscreteVP`: a uniform integer timestep t in {0, ..., T-1} (Ho et al. 2020, Algorithm 1);
     - :class:`EDM`: log sigma ~ N(P_mean, P_std^2) (Karras et al. 2022, sec. 5, Table 1);
-    - other continuous schedules (VP, sub-VP, VE): t ~ U[t_min, t_max] (Song et al. 2021, eq. 7).
+    - other continuous schedules (VP, sub-VP, VE, Flow): t = t_min + u (t_max - t_min) with
+      u ~ U(0, 1) (Song et al. 2021, eq. 7; Lipman et al. 2023, eq. 23) or, for
+      ``time_sampling="logit_normal"``, u = sigmoid(logit_mean + logit_std z), z ~ N(0, 1)
+      (Esser et al. 2024, sec. 3.1, eq. 19), which favours the middle of the path.
     """
     device = torch.device(device) if device is not None else (generator.device if generator else None)
     if isinstance(schedule, EDM):
         z = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
         return (P_mean + P_std * z).exp()
-    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
     if isinstance(schedule, DiscreteVP):
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
         t = (u * schedule.T).long().clamp(max=schedule.T - 1)
         return schedule.tables(u.device)[0][t]
+    if time_sampling == "logit_normal":
+        u = torch.sigmoid(logit_mean + logit_std * torch.randn(n, generator=generator, device=device,
+                                                                dtype=torch.float64))
+    else:
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
     t = schedule.t_min + u * (schedule.t_max - schedule.t_min)
     return schedule.ve_sigma(t).to(torch.float64)
 
@@ -48,6 +57,7 @@ def x0_output_scale(prediction: str, sigma, alpha=None, sigma_data: float = 0.5)
 
     eps: -sigma (x0 = x - sigma eps); x0: 1; v: -sigma / (alpha (1 + sigma^2)) (from
     x0 = (alpha^2 x - std v)/(alpha^2 + std^2), std = alpha sigma, Salimans & Ho 2022);
+    flow: -sigma / (1 + sigma) (from x0 = (x - sigma u)/(1 + sigma); -t on the Flow schedule);
     edm: c_out (Karras et al. 2022, Table 1).
     """
     if prediction == "eps":
@@ -56,9 +66,11 @@ def x0_output_scale(prediction: str, sigma, alpha=None, sigma_data: float = 0.5)
         return torch.ones_like(sigma)
     if prediction == "v":
         return -sigma / (alpha * (1 + sigma**2))
+    if prediction == "flow":
+        return -sigma / (1 + sigma)
     if prediction == "edm":
         return edm_coefficients(sigma, sigma_data)[1]
-    raise ValueError(f"unknown prediction {prediction!r}; choose eps, x0, v or edm")
+    raise ValueError(f"unknown prediction {prediction!r}; choose eps, x0, v, flow or edm")
 
 
 def x0_weight(weighting: str, prediction: str, sigma, alpha=None, *, gamma: float = 5.0,
@@ -103,24 +115,48 @@ def drop_labels(y, cond_drop: float, null_class: int, generator=None):
     return torch.where(drop, torch.full_like(y, null_class), y)
 
 
-def draw_noise(schedule: Schedule, x0: torch.Tensor, y, config, generator=None):
+def ot_pairing(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The permutation p minimising sum_i |x0_i - noise_p(i)|^2 over the batch: an exact optimal
+    transport plan between the two empirical measures (minibatch OT-CFM, Tong et al. 2024, sec. 3.2;
+    Pooladian et al. 2023), by the Hungarian method (``scipy.optimize.linear_sum_assignment``)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a, b = x0.detach().flatten(1).double().cpu(), noise.detach().flatten(1).double().cpu()
+    cost = torch.cdist(a, b).square().numpy()
+    rows, cols = linear_sum_assignment(cost)
+    return torch.as_tensor(cols[rows.argsort()], device=x0.device)
+
+
+def draw_noise(schedule: Schedule, x0: torch.Tensor, y, config, generator=None, paired_noise=None):
     """The randomness of one training batch, in a fixed order: (sigma (B,), n like x0, labels
-    after :func:`drop_labels`). ``config`` supplies P_mean, P_std, cond_drop and num_classes."""
-    sigma = sample_training_sigmas(schedule, x0.shape[0], generator, P_mean=config.P_mean,
-                                   P_std=config.P_std, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    after :func:`drop_labels`). ``config`` supplies the noise-level distribution (P_mean, P_std,
+    time_sampling, logit_mean, logit_std), cond_drop, num_classes and the coupling: ``ot`` pairs
+    the batch's fresh noise with its data by :func:`ot_pairing`; ``pairs`` uses ``paired_noise``
+    (the data set's own noise column)."""
+    sigma = sample_training_sigmas(schedule, x0.shape[0], generator, P_mean=config.P_mean, P_std=config.P_std,
+                                   time_sampling=config.time_sampling, logit_mean=config.logit_mean,
+                                   logit_std=config.logit_std, device=x0.device)
+    if config.coupling == "pairs":
+        if paired_noise is None:
+            raise ValueError("coupling 'pairs' needs a data set with a noise column (written by difflab reflow)")
+        noise = paired_noise.to(x0)
+    else:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if config.coupling == "ot":
+            noise = noise[ot_pairing(x0, noise)]
     null = config.num_classes if config.num_classes is not None else -1
     return sigma, noise, drop_labels(y, config.cond_drop, null, generator)
 
 
-def network_target(denoiser: NetworkDenoiser, x0, x, sigma, alpha):
-    """What F should output at (x, sigma) for clean data x0: ``prediction_from_x0``, or for EDM
-    preconditioning (x0 - c_skip x) / c_out (Karras et al. 2022, eq. 8)."""
+def network_target(denoiser: NetworkDenoiser, x0, x, sigma, alpha, noise=None):
+    """What F should output at (x, sigma) for clean data x0 (and the noise, when known):
+    ``prediction_from_x0``, or for EDM preconditioning (x0 - c_skip x) / c_out (Karras et al.
+    2022, eq. 8)."""
     s = append_dims(sigma, x0.ndim)
     if denoiser.prediction == "edm":
         c_skip, c_out, _ = edm_coefficients(s, denoiser.sigma_data)
         return (x0 - c_skip * x) / c_out
-    return prediction_from_x0(denoiser.prediction, x0, x, s, append_dims(alpha, x0.ndim))
+    return prediction_from_x0(denoiser.prediction, x0, x, s, append_dims(alpha, x0.ndim), eps=noise)
 
 
 def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config):
@@ -135,7 +171,7 @@ def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config):
     v = None
     if out.ndim == x0.ndim and out.shape[1] == 2 * x0.shape[1]:  # learn_sigma: [prediction, variance]
         out, v = out.chunk(2, dim=1)
-    target = network_target(denoiser, x0, x, sigma, alpha).to(out.dtype)
+    target = network_target(denoiser, x0, x, sigma, alpha, noise).to(out.dtype)
     w = loss_weight(config.weighting, denoiser.prediction, sigma, alpha, gamma=config.min_snr_gamma,
                     sigma_data=denoiser.sigma_data).to(out.dtype)
     per_sample = w * (out - target).square().flatten(1).mean(1)

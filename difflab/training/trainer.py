@@ -33,12 +33,12 @@ from ..denoisers import NetworkDenoiser
 from ..io import atomic
 from ..io.images import save_grid, save_scatter
 from ..nets import build_network
-from ..samplers import generate
-from ..schedules import karras_sigmas, make_schedule
-from .checkpoint import (MODEL_DIR, CheckpointError, load_weights, read_config, read_training_state, recover,
-                         save_checkpoint)
+from ..samplers import default_sigmas, generate
+from ..schedules import make_schedule
+from .checkpoint import (MODEL_DIR, CheckpointError, find_model_dir, load_weights, read_config,
+                         read_training_state, recover, save_checkpoint)
 from .config import TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, batch_indices, load_dataset
 from .losses import denoising_loss, draw_noise
 
 __all__ = ["train", "prepare_data", "resolve_config", "step_seed", "ema_decay_at", "lr_at", "update_ema"]
@@ -99,6 +99,9 @@ def prepare_data(config: TrainConfig, device) -> Dataset:
         if ds.num_classes != config.num_classes:
             raise ValueError(f"{ds.name} has {ds.num_classes} classes, but the config says num_classes="
                              f"{config.num_classes}")
+    if config.coupling == "pairs" and ds.noise is None:
+        raise ValueError(f"coupling 'pairs' needs data with a paired noise column (a .npz with 'noise', as "
+                         f"difflab reflow writes); {ds.name} has none")
     if ds.kind == "image" and ds.shape[1] != ds.shape[2]:
         raise ValueError(f"{ds.name}: images must be square for the UNet, got {ds.shape[1]}x{ds.shape[2]}"
                          " (pass a resolution)")
@@ -158,6 +161,8 @@ def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, 
     config = resolve_config(config, ds)
     torch.manual_seed(config.seed)
     net = build_network(config.network, config.net).to(device)
+    if config.init is not None and not model_dir.exists():
+        _initialise(net, config, Path(config.init), device)
     ema = copy.deepcopy(net).requires_grad_(False).eval() if config.ema_decay > 0 else None
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay,
@@ -177,6 +182,18 @@ def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, 
     run.loss_fn = loss_fn if config.compile == "none" else torch.compile(
         loss_fn, mode=None if config.compile == "default" else config.compile)
     return run
+
+
+def _initialise(net: nn.Module, config: TrainConfig, init: Path, device) -> None:
+    """Start from the weights of the model directory ``init`` (its EMA weights when it has them),
+    which must have the same network."""
+    source = find_model_dir(init)
+    saved, _ = read_config(source)
+    if (saved.network, saved.net) != (config.network, config.net):
+        raise CheckpointError(f"{source}: its network differs from this run's; init needs the same network "
+                              f"({saved.network} {saved.net} vs {config.network} {config.net})")
+    weights = source / "ema.safetensors"
+    load_weights(net, weights if weights.exists() else source / "model.safetensors", device)
 
 
 def _restore(run: _Run, model_dir: Path) -> None:
@@ -206,11 +223,15 @@ def _train_step(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     micro = per_rank // accum
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(c, k)
+    if c.compile == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be reused
     torch.manual_seed(step_seed(c.seed, k, 1 + run.rank))  # dropout masks
     gen = torch.Generator(run.device).manual_seed(step_seed(c.seed, k, 0))
-    x0, y = run.ds.batch(c.batch_size, c.seed, k)
-    x0, y = x0.to(run.device), (y.to(run.device) if c.num_classes is not None else None)
-    sigma, noise, y = draw_noise(run.denoiser.schedule, x0, y, c, gen)
+    idx = batch_indices(len(run.ds), c.batch_size, c.seed, k, device=run.ds.x.device)
+    x0 = run.ds.x[idx].to(run.device)
+    y = run.ds.y[idx].to(run.device) if c.num_classes is not None else None
+    paired = run.ds.noise[idx].to(run.device) if c.coupling == "pairs" else None
+    sigma, noise, y = draw_noise(run.denoiser.schedule, x0, y, c, gen, paired)
     ddp = run.denoiser.net if run.world > 1 else None
     bf16 = c.precision == "bf16" and run.device.type == "cuda"
     total = torch.zeros((), device=run.device, dtype=torch.float64)
@@ -273,7 +294,7 @@ def _save_samples(run: _Run) -> Path:
     net = (run.ema if run.ema is not None else run.net).eval()
     denoiser = NetworkDenoiser(net, run.denoiser.schedule, c.prediction, c.sigma_data)
     schedule = denoiser.schedule
-    sigmas = karras_sigmas(c.sample_steps, schedule.sigma_min, schedule.sigma_max).to(run.device)
+    sigmas = default_sigmas(schedule, c.sample_steps, c.sample_sampler).to(run.device)
     gen = torch.Generator(run.device).manual_seed(c.seed)
     path = run.out_dir / "samples" / f"step_{run.step:06d}.png"
     if ds.kind == "points":
