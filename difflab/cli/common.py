@@ -1,7 +1,8 @@
 """What every command shares: the one-line user error and the checks of common options."""
 from __future__ import annotations
 
-__all__ = ["UserError", "DEFAULT_SAMPLER", "check_sampler", "check_positive"]
+__all__ = ["UserError", "DEFAULT_SAMPLER", "check_sampler", "check_positive", "parse_set", "add_model_options",
+           "add_sampling_options", "load_model", "sampler_options"]
 
 DEFAULT_SAMPLER = "dpmpp_2m"
 
@@ -53,11 +54,22 @@ def sampler_options(args) -> dict:
 
     options = {}
     for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--option expects key=value, got {item!r}")
+        key, value = _key_value(item, "--option")
         try:
-            options[key.strip()] = json.loads(value)
+            options[key] = json.loads(value)
         except ValueError:
-            options[key.strip()] = value.strip()
+            options[key] = value
     return options
+
+
+def parse_set(item: str) -> tuple[str, str]:
+    """`key=value` -> (key, value), with dashes in the key read as underscores."""
+    key, value = _key_value(item, "--set")
+    return key.replace("-", "_"), value
+
+
+def _key_value(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"{flag} expects key=value, got {item!r}")
+    return key.strip(), value.strip()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UserError, check_positive
+from .common import UserError, check_positive, parse_set
 
 
 def add_parser(sub) -> None:
@@ -61,20 +61,12 @@ def run(args) -> None:
         config, _ = read_config(find_model_dir(args.out))
     else:
         raise UserError("give --preset NAME or --config FILE.toml (or --resume to continue a run)")
-    overrides = dict(_parse_set(item) for item in args.set)
+    overrides = dict(parse_set(item) for item in args.set)
     flags = {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
              "cond_drop": args.cond_drop, "compile": args.compile}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     model_dir = train(config.replace(**overrides), args.out, resume=args.resume, device=args.device)
     print(f"model saved in {model_dir}")
-
-
-def _parse_set(item: str) -> tuple[str, str]:
-    """`key=value` -> (key, value), with dashes in the key read as underscores."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--set expects key=value, got {item!r}")
-    return key.strip().replace("-", "_"), value.strip()
 
 
 def run_classifier(args) -> None:

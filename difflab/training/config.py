@@ -275,6 +275,9 @@ def _validate(c: TrainConfig) -> None:
 def _presets() -> dict[str, TrainConfig]:
     digits_net = UNET_PRESETS["digits"].to_dict()
     edm = dict(prediction="edm", weighting="edm", schedule=EDM().to_dict(), ema_warmup=True)
+    # Flow matching (Lipman et al. 2023, eq. 23): the velocity n - x0 on the linear path, the plain
+    # (uniform) squared error, t ~ U(0, 1).
+    flow = dict(prediction="flow", weighting="uniform", schedule=Flow().to_dict())
     digits = TrainConfig(
         preset="digits", data="digits", network="unet", net=digits_net, **edm,
         lr=2e-3, warmup_steps=100, batch_size=128, steps=1200, ema_decay=0.999,
@@ -288,6 +291,14 @@ def _presets() -> dict[str, TrainConfig]:
             net=MLPConfig(hidden_channels=128, depth=3).to_dict(), **edm,
             lr=3e-3, warmup_steps=100, batch_size=512, steps=2000, ema_decay=0.995,
             ckpt_every=1000, sample_every=1000, log_every=20),
+        # A 2-D mixture with a known velocity field (8 Gaussians of std 0.2 on a circle; any
+        # --data FILE.npy of shape (N, 2) works too).
+        "toy2d-flow": TrainConfig(
+            preset="toy2d-flow", data="8gaussians", network="mlp",
+            net=MLPConfig(hidden_channels=128, depth=3).to_dict(), **flow, ema_warmup=True,
+            lr=3e-3, warmup_steps=100, batch_size=512, steps=2000, ema_decay=0.995,
+            ckpt_every=1000, sample_every=1000, log_every=20),
+        "digits-flow": digits.replace(preset="digits-flow", **flow),
         "shapes32": TrainConfig(
             preset="shapes32", data="shapes", network="unet", net=UNET_PRESETS["shapes32"].to_dict(),
             **edm, lr=5e-4, warmup_steps=1000, batch_size=64, steps=100_000, ema_decay=0.9995,
