@@ -1,6 +1,6 @@
 """Flow matching, minibatch-OT couplings and reflow, measured (issue 12).
 
-    python benchmarks/flow.py [--out benchmarks/flow] [--part toy|digits|all] [--quick]
+    python benchmarks/flow.py [--out benchmarks/flow] [--work benchmarks/out/flow] [--part toy|digits|all]
 
 toy: the 8-Gaussian mixture of the `toy2d-flow` preset. Trains I-CFM (independent coupling: the
 1-rectified flow of Liu et al. 2023), OT-CFM (minibatch optimal transport, Tong et al. 2024), and
@@ -13,7 +13,8 @@ digits: the `digits-flow` preset (I-CFM and OT-CFM) and its reflow against the E
 preset, by the digits Fréchet distance of 300 samples at equal steps (Euler, and DPM-Solver++(2M)
 at the steps where it differs), with the held-out reference at n = 300 beside it.
 
-Writes CSVs and output.md under --out and prints the tables.
+Trained models go to --work (git-ignored; a model already there is reused); CSVs and output.md
+to --out. Prints the tables.
 """
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/flow", type=Path)
+    parser.add_argument("--work", default="benchmarks/out/flow", type=Path, help="trained models (reused)")
     parser.add_argument("--part", choices=("toy", "digits", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="short trainings (checks the script)")
     args = parser.parse_args()
@@ -129,13 +131,13 @@ def main() -> None:
     sections = []
     if args.part in ("toy", "all"):
         print("8-Gaussian mixture (toy2d-flow):")
-        rows = toy(args.out / "toy", args.quick)
+        rows = toy(args.work / "toy", args.quick)
         write_csv(rows, args.out / "toy.csv")
         sections.append("## 8-Gaussian mixture, exact W2 of 2,000 samples (Euler steps) and straightness\n\n"
                         + table(rows, ["model"] + [f"W2@{k}" for k in STEPS] + ["noise_floor", "straightness"]))
     if args.part in ("digits", "all"):
         print("digits:")
-        rows = digits(args.out / "digits", args.quick)
+        rows = digits(args.work / "digits", args.quick)
         write_csv(rows, args.out / "digits.csv")
         sections.append("## digits, Fréchet distance of 300 samples (held-out reference at n = 300 beside)\n\n"
                         + table(rows, ["model", "sampler"] + [f"FD@{k}" for k in STEPS] + ["reference_fd"]))
