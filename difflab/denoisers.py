@@ -13,6 +13,9 @@ A network sees the *schedule's* input ``x_t = alpha x`` (VP) or ``x`` (VE/EDM) a
 - ``edm``:   EDM preconditioning (Karras et al. 2022, Table 1, sec. 5):
              D = c_skip x + c_out F(c_in x, c_noise), c_skip = sd^2/(sigma^2 + sd^2),
              c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1/sqrt(sigma^2 + sd^2), c_noise = log(sigma)/4.
+- ``consistency``: a consistency model f(x, sigma) (Song et al. 2023, App. C): EDM's c_in and c_noise,
+             c_skip = sd^2/((sigma - s_min)^2 + sd^2), c_out = sd (sigma - s_min)/sqrt(sigma^2 + sd^2),
+             so f(x, s_min) = x exactly (the boundary condition), s_min the schedule's sigma_min.
 
 Everything here is in the VE convention of docs/design.md: ``x = x0 + sigma n``. At sigma = inf
 (pure noise, t = 1 of a :class:`~difflab.schedules.Flow`) x is the unit noise n itself, the limit
@@ -30,7 +33,7 @@ from .schedules import EDM, Schedule
 __all__ = ["PREDICTIONS", "NetworkDenoiser", "CountingDenoiser", "AutocastDenoiser", "x0_from_prediction",
            "prediction_from_x0", "append_dims"]
 
-PREDICTIONS = ("eps", "x0", "v", "score", "flow", "edm")
+PREDICTIONS = ("eps", "x0", "v", "score", "flow", "edm", "consistency")
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -73,6 +76,14 @@ def prediction_from_x0(prediction: str, x0, x, sigma, alpha, eps=None):
     raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS[:5]}")
 
 
+def consistency_coefficients(sigma, sigma_data: float, sigma_min: float):
+    """c_skip, c_out of a consistency model (Song et al. 2023, App. C, eq. 24): c_skip(s_min) = 1 and
+    c_out(s_min) = 0, so f(x, s_min) = x whatever the network outputs."""
+    c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
+    c_out = sigma_data * (sigma - sigma_min) / (sigma**2 + sigma_data**2).sqrt()
+    return c_skip, c_out
+
+
 def edm_coefficients(sigma, sigma_data: float):
     """c_skip, c_out, c_in of Karras et al. (2022), Table 1 ("Ours")."""
     total = sigma**2 + sigma_data**2
@@ -82,8 +93,8 @@ def edm_coefficients(sigma, sigma_data: float):
 class NetworkDenoiser(nn.Module):
     """A Denoiser built from ``net(x_in, c_noise, **cond)`` trained with ``prediction`` under ``schedule``.
 
-    For ``prediction="edm"`` the network is the raw F of the EDM preconditioning and the schedule
-    defaults to :class:`EDM`.
+    For ``prediction="edm"`` (or ``"consistency"``) the network is the raw F of the EDM (consistency)
+    preconditioning and the schedule defaults to :class:`EDM`.
     """
 
     def __init__(self, net: nn.Module, schedule: Schedule | None = None, prediction: str = "eps",
@@ -95,19 +106,23 @@ class NetworkDenoiser(nn.Module):
         self.schedule = schedule if schedule is not None else EDM()
 
     def network_inputs(self, x, sigma):
-        """(x_in, c_noise, alpha): what the network sees for a VE input x at noise level sigma."""
+        """(x_in, c_noise, alpha): what the network sees for a VE input x at noise level sigma. Rows
+        at sigma = inf hold the unit noise (pure noise; a schedule that reaches it, i.e. a flow)
+        and see x_in = std(t_max) x."""
         sigma = sigma.to(torch.float64)
-        if self.prediction == "edm":
+        inf = torch.isinf(sigma)
+        if bool(inf.any()):
+            self._check_pure_noise()
+        if self.prediction in ("edm", "consistency"):
             _, _, c_in = edm_coefficients(sigma, self.sigma_data)
             return x * append_dims(c_in, x.ndim).to(x.dtype), 0.25 * sigma.log(), None
         alpha = self.schedule.alpha_of_ve_sigma(sigma)
         c_noise = self.schedule.c_noise(sigma)
-        return x * append_dims(alpha, x.ndim).to(x.dtype), c_noise, alpha
+        scale = torch.where(inf, self._std_at_pure_noise(), alpha)
+        return x * append_dims(scale, x.ndim).to(x.dtype), c_noise, alpha
 
     def forward(self, x, sigma, **cond):
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
-        if bool(torch.isinf(sigma).any()):
-            return self._from_pure_noise(x, sigma, cond)
         x_in, c_noise, alpha = self.network_inputs(x, sigma)
         out = self.net(x_in, c_noise.to(x.dtype), **cond).to(x.dtype)
         if out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
@@ -118,21 +133,28 @@ class NetworkDenoiser(nn.Module):
         if self.prediction == "edm":
             c_skip, c_out, _ = edm_coefficients(s, self.sigma_data)
             return c_skip * x + c_out * out
-        return x0_from_prediction(self.prediction, out, x, s, append_dims(alpha, x.ndim).to(x.dtype))
+        if self.prediction == "consistency":
+            c_skip, c_out = consistency_coefficients(s, self.sigma_data, self.schedule.sigma_min)
+            return c_skip * x + c_out * out
+        inf = append_dims(torch.isinf(sigma), x.ndim)
+        a = append_dims(alpha, x.ndim).to(x.dtype)
+        # the finite formula on safe values where sigma = inf (so no NaN reaches a gradient), then
+        # the limit there: x0 = (x_in - std u) / std for velocity, the output itself for x0
+        x0 = x0_from_prediction(self.prediction, out, x, torch.where(inf, 1, s), torch.where(inf, 1, a))
+        if not bool(inf.any()):
+            return x0
+        std = self._std_at_pure_noise()
+        return torch.where(inf, out if self.prediction == "x0" else (x_in - std * out) / std, x0)
 
-    def _from_pure_noise(self, n, sigma, cond):
-        """D(n, inf) for a schedule that reaches pure noise (alpha = 0 at t_max, a flow): the network
-        sees x_t = std(t_max) n, and x0 = (x_t - std u) / std for velocity, its output for x0."""
-        if not bool(torch.isinf(sigma).all()):
-            raise ValueError("sigma = inf (pure noise) must hold for the whole batch")
+    def _std_at_pure_noise(self) -> float:
+        return float(self.schedule.std(torch.tensor(self.schedule.t_max, dtype=torch.float64)))
+
+    def _check_pure_noise(self) -> None:
+        """ValueError unless sigma = inf makes sense: a schedule that reaches pure noise (alpha = 0
+        at t_max, a flow) and a prediction with a finite limit there (flow or x0)."""
         if not math.isinf(self.schedule.sigma_max) or self.prediction not in ("flow", "x0"):
             raise ValueError(f"sigma = inf needs a model that reaches pure noise (a flow schedule with flow or "
                              f"x0 prediction); this one has {type(self.schedule).__name__} and {self.prediction!r}")
-        std = float(self.schedule.std(torch.tensor(self.schedule.t_max, dtype=torch.float64)))
-        x_in = std * n
-        out = self.net(x_in, self.schedule.c_noise(sigma.to(torch.float64)).to(n.dtype), **cond).to(n.dtype)
-        out = out[:, :n.shape[1]] if out.ndim == n.ndim and out.shape[1] == 2 * n.shape[1] else out
-        return out if self.prediction == "x0" else (x_in - std * out) / std
 
 
 class CountingDenoiser:

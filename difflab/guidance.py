@@ -80,7 +80,8 @@ def dynamic_threshold(x0: torch.Tensor, p: float) -> torch.Tensor:
 
 def cfg(denoiser, scale: float, *, num_classes: int, null_label: int | None = None,
         interval: tuple[float, float] | None = None, threshold: float | None = None):
-    """Classifier-free guidance as a Denoiser ``D_w(x, sigma, y)`` (Ho & Salimans 2022, eq. 6).
+    """Classifier-free guidance as a Denoiser ``D_w(x, sigma, y)`` (Ho & Salimans 2022, eq. 6);
+    ``scale`` is one w or a (B,) tensor of them, one per sample.
 
     ``D_w = D(x|null) + w (D(x|y) - D(x|null))``: w = 1 is plain conditional, w = 0 unconditional
     (Ho & Salimans' w is our w - 1; since x0 = x - sigma eps is affine in eps, their eq. 6 on eps is
@@ -95,7 +96,7 @@ def cfg(denoiser, scale: float, *, num_classes: int, null_label: int | None = No
     null_label: the label of the unconditional model, default ``num_classes`` (difflab.nets).
     """
     null_label = num_classes if null_label is None else null_label
-    if not math.isfinite(scale):
+    if not bool(torch.isfinite(torch.as_tensor(scale)).all()):
         raise ValueError(f"the guidance scale must be a finite number, got {scale}")
     if interval is not None and not 0 <= interval[0] < interval[1]:
         raise ValueError(f"the guidance interval needs 0 <= sigma_lo < sigma_hi, got {tuple(interval)}")
@@ -105,7 +106,8 @@ def cfg(denoiser, scale: float, *, num_classes: int, null_label: int | None = No
     def guided(x, sigma, y=None):
         sigma = _sigma_vector(sigma, x)
         y = check_labels(y, num_classes, x.shape[0], x.device)
-        guide = torch.full_like(sigma, scale != 1, dtype=torch.bool)
+        w = torch.as_tensor(scale, device=x.device, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        guide = w != 1
         if interval is not None:
             guide &= (sigma > interval[0]) & (sigma <= interval[1])
         idx = guide.nonzero().squeeze(1)
@@ -113,7 +115,8 @@ def cfg(denoiser, scale: float, *, num_classes: int, null_label: int | None = No
         out = denoiser(torch.cat([x, x[idx]]), torch.cat([sigma, sigma[idx]]),
                        y=torch.cat([y, torch.full_like(y[idx], null_label)]))
         x0, uncond = out[:x.shape[0]], out[x.shape[0]:]
-        x0 = x0.index_copy(0, idx, uncond + scale * (x0[idx] - uncond))
+        w_idx = append_dims(w[idx], x.ndim).to(x0.dtype)
+        x0 = x0.index_copy(0, idx, uncond + w_idx * (x0[idx] - uncond))
         return x0 if threshold is None else dynamic_threshold(x0, threshold)
 
     return guided

@@ -21,7 +21,7 @@ from .guidance import check_labels, guided_denoiser
 from .samplers import LOGSNR_SAMPLERS, SAMPLERS, default_sigmas, generate
 from .schedules import karras_sigmas, loglinear_sigmas, make_schedule, time_uniform_sigmas
 from .training.checkpoint import CheckpointError, build_model
-from .training.config import TrainConfig
+from .training.config import TrainConfig, native_sampling
 
 __all__ = ["TrainedModel", "load", "CheckpointError", "resolve_device", "resolve_dtype", "DTYPES",
            "SCHEDULES", "DEFAULT_SCHEDULE"]
@@ -194,7 +194,7 @@ class TrainedModel:
         per_sample = self._bytes_per_sample * (2 if guided else 1)  # CFG doubles the network batch
         return max(1, min(n, int(MEMORY_FRACTION * free / per_sample)))
 
-    def sample(self, n: int, *, sampler: str = "dpmpp_2m", steps: int = 20, seed: int | None = None,
+    def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, seed: int | None = None,
                y=None, guidance: float | None = None, classifier=None, classifier_scale: float = 1.0,
                batch_size: int | None = None, progress: bool = False, sigma_min: float | None = None,
                sigma_max: float | None = None, noise: torch.Tensor | None = None, schedule=DEFAULT_SCHEDULE,
@@ -203,7 +203,9 @@ class TrainedModel:
 
         Starts from x = sigma_max z and integrates along :meth:`sigmas` (``schedule``, ``steps``,
         ``sigma_min``, ``sigma_max``) with ``sampler`` and its ``options`` (e.g. ``eta=0.5`` for
-        ``ddim``, ``order=2`` for ``unipc``). ``noise``: the standard normal z, shape
+        ``ddim``, ``order=2`` for ``unipc``). Without ``sampler`` and ``steps`` a distilled student
+        samples its native way (its config's ``native`` sampler and sigmas); other models use
+        ``dpmpp_2m`` with 20 steps. ``noise``: the standard normal z, shape
         (n, *data_shape), to start from (to compare two models point by point); without it
         ``seed`` decides z. ``y``: class ids (default: 0, 1, ..., K-1, 0, ... cycling);
         ``guidance``: the classifier-free guidance scale w of :func:`difflab.guidance.cfg`,
@@ -218,6 +220,13 @@ class TrainedModel:
         """
         if n < 1:
             raise CheckpointError(f"need n >= 1, got n={n}")
+        native = native_sampling(self.config) if (sampler, steps, schedule) == (None, None, DEFAULT_SCHEDULE) \
+            and (sigma_min, sigma_max) == (None, None) else None
+        if native is not None:
+            sampler, schedule, native_options = native
+            options = {**native_options, **options}
+        sampler = sampler or "dpmpp_2m"
+        steps = 20 if steps is None else steps
         if sampler not in SAMPLERS:
             raise CheckpointError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
         if noise is not None and tuple(noise.shape) != (n, *self.data_shape):
@@ -225,18 +234,25 @@ class TrainedModel:
                                   f"got {tuple(noise.shape)}")
         sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, sampler)
         labels = self.labels(y, n, classifier)
-        try:
-            denoiser, cond = guided_denoiser(self.sampling_denoiser(), y=labels, num_classes=self.num_classes,
-                                             guidance=guidance, classifier=classifier,
-                                             classifier_scale=classifier_scale)
-        except ValueError as e:
-            raise CheckpointError(str(e)) from e
+        if self.config.net.get("guidance_embedding"):
+            # a guidance-distilled student takes the scale as an input: one call per step
+            if classifier is not None:
+                raise CheckpointError("a guidance-distilled student takes no classifier guidance")
+            denoiser = self.sampling_denoiser()
+            cond = {"y": labels, "w": torch.full((n,), 1.0 if guidance is None else float(guidance))}
+        else:
+            try:
+                denoiser, cond = guided_denoiser(self.sampling_denoiser(), y=labels, num_classes=self.num_classes,
+                                                 guidance=guidance, classifier=classifier,
+                                                 classifier_scale=classifier_scale)
+            except ValueError as e:
+                raise CheckpointError(str(e)) from e
         gen = torch.Generator(self.device)
         if seed is None:
             gen.seed()
         else:
             gen.manual_seed(seed)
-        batch_size = batch_size or self.auto_batch_size(n, guided=guidance is not None)
+        batch_size = batch_size or self.auto_batch_size(n, guided=guidance is not None and "w" not in (cond or {}))
         x = generate(denoiser, self.data_shape, n, sigmas, sampler, noise=noise, generator=gen, cond=cond,
                      batch_size=batch_size, progress=progress, callback=callback, **options)
         return x.clamp(-1, 1) if self.data_kind == "image" else x

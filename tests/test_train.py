@@ -186,18 +186,18 @@ def test_user_errors(tmp_path):
 def poison_from(step_index, monkeypatch, where="loss"):
     """Make the run diverge from the optimizer step ``step_index`` on: a NaN loss, or an infinite
     EMA weight (the loss stays finite)."""
-    from difflab.training import trainer
+    from difflab.training import objectives, trainer
 
     calls = {"n": 0}
     if where == "loss":
-        real = trainer.denoising_loss
+        real = objectives.denoising_loss
 
         def nan_loss(*args, **kwargs):
             calls["n"] += 1
             loss, per_sample = real(*args, **kwargs)
             return (loss * float("nan"), per_sample) if calls["n"] > step_index else (loss, per_sample)
 
-        monkeypatch.setattr(trainer, "denoising_loss", nan_loss)
+        monkeypatch.setattr(objectives, "denoising_loss", nan_loss)
     else:
         real = trainer.update_ema
 

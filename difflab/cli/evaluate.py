@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, default=300, metavar="N", help="number of samples (default: %(default)s, "
                    "the size of the held-out reference)")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, metavar="NAME", help="sampler name (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, metavar="K", help="sampling steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, metavar="K", help="sampling steps (default: a distilled model's own, else 20)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)")
     p.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale (conditional models)")
     p.add_argument("--nll", action="store_true", help="instead: bits/dim of N held-out test images by the "
@@ -35,7 +35,8 @@ def run(args) -> None:
 
     if args.nll:
         return _eval_nll(args)
-    check_sampler(args.sampler)
+    if args.sampler is not None:
+        check_sampler(args.sampler)
     check_positive(n=args.n, steps=args.steps)
     if args.n < 2:
         raise UserError("--n must be at least 2 for a Fréchet distance")

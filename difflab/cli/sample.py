@@ -13,9 +13,9 @@ def add_parser(sub) -> None:
                        "and/or the raw array as .npz (key x, and y for class-conditional samples).")
     p.add_argument("dir", type=Path, metavar="DIR", help="trained model directory")
     p.add_argument("--n", type=int, required=True, metavar="N", help="number of samples")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, metavar="NAME", help="sampler name (default: %(default)s; "
-                   "see 'difflab info')")
-    p.add_argument("--steps", type=int, default=20, metavar="K", help="sampling steps (default: %(default)s)")
+    p.add_argument("--sampler", metavar="NAME", help="sampler name (default: a distilled model's own, else "
+                   f"{DEFAULT_SAMPLER}; see 'difflab info')")
+    p.add_argument("--steps", type=int, metavar="K", help="sampling steps (default: a distilled model's own, else 20)")
     p.add_argument("--seed", type=int, metavar="S", help="random seed")
     p.add_argument("--out", type=Path, metavar="FILE.png", help="PNG file (a grid of images, or a scatter plot of 2-D points)")
     p.add_argument("--npz", type=Path, metavar="FILE", help="also save the samples as .npz")
@@ -37,7 +37,8 @@ def run(args) -> None:
 
     if args.out is None and args.npz is None:
         raise UserError("give --out FILE.png, --npz FILE.npz or both")
-    check_sampler(args.sampler)
+    if args.sampler is not None:
+        check_sampler(args.sampler)
     check_positive(n=args.n, steps=args.steps, batch_size=args.batch_size)
     model = load_model(args, args.dir)
     classifier = _guidance_classifier(args.classifier, args.classifier_scale, model.device)
@@ -48,7 +49,8 @@ def run(args) -> None:
         if x.ndim == 4:
             imageio.save_grid(x, args.out)
         elif x.ndim == 2 and x.shape[1] == 2:
-            imageio.save_scatter(x, args.out, title=f"{args.n} samples, {args.sampler}, {args.steps} steps")
+            how = f"{args.sampler or 'default sampler'}, {args.steps or 'default'} steps"
+            imageio.save_scatter(x, args.out, title=f"{args.n} samples, {how}")
         else:
             raise UserError(f"cannot draw samples of shape {tuple(x.shape[1:])} as a PNG; use --npz only")
         print(f"wrote {args.out}")

@@ -53,7 +53,8 @@ def sinusoidal_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 10
 
 
 class ConditionEmbedding(nn.Module):
-    """``emb = MLP(sinusoidal(c_noise)) + E[y]``: noise level plus an optional class.
+    """``emb = MLP(sinusoidal(c_noise)) + E[y] (+ MLP_w(sinusoidal(100 w)))``: noise level, an
+    optional class, and for a guidance-distilled student its guidance scale w.
 
     The MLP is Linear-SiLU-Linear (Ho et al. 2020, appendix B); the class table is added to it
     (Dhariwal & Nichol 2021, sec. 3). Row ``num_classes`` of the table is a learned "null" class for
@@ -61,17 +62,26 @@ class ConditionEmbedding(nn.Module):
     ``y == num_classes`` all select it.
     """
 
-    def __init__(self, freq_dim: int, emb_dim: int, num_classes: int | None = None):
+    def __init__(self, freq_dim: int, emb_dim: int, num_classes: int | None = None, guidance: bool = False):
         super().__init__()
         self.freq_dim = freq_dim
         self.num_classes = num_classes
         self.mlp = nn.Sequential(nn.Linear(freq_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
+        # A guidance-distilled student's scale w (Meng et al. 2023, sec. 4.1): its own sinusoidal
+        # features and MLP, zero-initialised so the student starts as its teacher.
+        self.guidance = None if not guidance else nn.Sequential(
+            nn.Linear(freq_dim, emb_dim), nn.SiLU(), zero_init(nn.Linear(emb_dim, emb_dim)))
 
-    def forward(self, c_noise, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    def forward(self, c_noise, y: torch.Tensor | None, batch_size: int, w=None) -> torch.Tensor:
         device = self.mlp[0].weight.device
         c_noise = torch.as_tensor(c_noise, device=device).reshape(-1).expand(batch_size)
         emb = self.mlp(sinusoidal_embedding(c_noise, self.freq_dim))
+        if (w is None) != (self.guidance is None):
+            raise ValueError("the guidance scale w goes to a guidance-distilled network, and such a network needs it")
+        if w is not None:
+            w = torch.as_tensor(w, device=device, dtype=torch.float32).reshape(-1).expand(batch_size)
+            emb = emb + self.guidance(sinusoidal_embedding(100 * w, self.freq_dim))
         if self.label is None:
             if y is not None:
                 raise ValueError("class labels y were given to a network built with num_classes=None")

@@ -22,7 +22,8 @@ __all__ = ["MLPConfig", "MLPDenoiserNet"]
 @dataclass(frozen=True)
 class MLPConfig(JSONConfig):
     """``dim``: data dimension D; ``hidden_channels`` x ``depth`` residual blocks; ``embed_dim``: size of
-    the sinusoidal noise features; ``num_classes``: optional class embedding with a null class."""
+    the sinusoidal noise features; ``num_classes``: optional class embedding with a null class;
+    ``guidance_embedding``: an input for the guidance scale w (a guidance-distilled student)."""
 
     dim: int = 2
     hidden_channels: int = 256
@@ -30,6 +31,7 @@ class MLPConfig(JSONConfig):
     embed_dim: int = 64
     num_classes: int | None = None
     dropout: float = 0.0
+    guidance_embedding: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,16 +65,16 @@ class MLPDenoiserNet(nn.Module):
     def __init__(self, config: MLPConfig):
         super().__init__()
         cfg = self.config = config
-        self.embed = ConditionEmbedding(cfg.embed_dim, cfg.hidden_channels, cfg.num_classes)
+        self.embed = ConditionEmbedding(cfg.embed_dim, cfg.hidden_channels, cfg.num_classes, cfg.guidance_embedding)
         self.proj_in = nn.Linear(cfg.dim, cfg.hidden_channels)
         self.blocks = nn.ModuleList(MLPBlock(cfg.hidden_channels, cfg.dropout) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.hidden_channels)
         self.proj_out = zero_init(nn.Linear(cfg.hidden_channels, cfg.dim))
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None, w=None) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.config.dim:
             raise ValueError(f"expected data of shape (B, {self.config.dim}), got {tuple(x.shape)}")
-        emb = self.embed(c_noise, y, x.shape[0])
+        emb = self.embed(c_noise, y, x.shape[0], w)
         h = self.proj_in(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -227,12 +227,14 @@ class UNetConfig(EncoderConfig):
 
     The output has ``out_channels`` (default ``in_channels``) channels, doubled when ``learn_sigma``
     (the extra channels parametrise the variance, Nichol & Dhariwal 2021, sec. 3.1).
-    ``num_classes`` adds a class embedding with an extra null class (see :class:`ConditionEmbedding`).
+    ``num_classes`` adds a class embedding with an extra null class (see :class:`ConditionEmbedding`);
+    ``guidance_embedding`` an input for the guidance scale w of a guidance-distilled student.
     """
 
     out_channels: int | None = None
     num_classes: int | None = None
     learn_sigma: bool = False
+    guidance_embedding: bool = False
 
     @property
     def output_channels(self) -> int:
@@ -240,7 +242,7 @@ class UNetConfig(EncoderConfig):
 
 
 class UNet(nn.Module):
-    """ADM UNet ``F(x, c_noise, y) -> (B, out, H, W)`` (Dhariwal & Nichol 2021, sec. 3; Ho et al. 2020).
+    """ADM UNet ``F(x, c_noise, y, w) -> (B, out, H, W)`` (Dhariwal & Nichol 2021, sec. 3; Ho et al. 2020).
 
     The decoder mirrors the encoder with ``num_res_blocks + 1`` residual blocks per level, each fed
     the concatenation of the current features and one skip activation. The final convolution is
@@ -251,7 +253,7 @@ class UNet(nn.Module):
         super().__init__()
         cfg = self.config = config
         emb_dim = 4 * cfg.base_channels
-        self.embed = ConditionEmbedding(cfg.base_channels, emb_dim, cfg.num_classes)
+        self.embed = ConditionEmbedding(cfg.base_channels, emb_dim, cfg.num_classes, cfg.guidance_embedding)
         self.encoder = Encoder(cfg, emb_dim)
         block, attention = _block_builders(cfg, emb_dim)
         ch, res = self.encoder.out_channels, self.encoder.out_resolution
@@ -270,8 +272,8 @@ class UNet(nn.Module):
         self.norm_out = GroupNorm(ch, cfg.groups)
         self.conv_out = zero_init(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.embed(c_noise, y, x.shape[0])
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None, w=None) -> torch.Tensor:
+        emb = self.embed(c_noise, y, x.shape[0], w)
         h, skips = self.encoder(x, emb)
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb)

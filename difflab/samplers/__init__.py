@@ -13,7 +13,7 @@ import math
 import torch
 
 from .adaptive import rk45
-from .ancestral import ddim, ddpm, euler_ancestral
+from .ancestral import consistency, ddim, ddpm, euler_ancestral
 from .dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .ode import edm_stochastic, euler, heun
 from .sde import em, pc
@@ -26,10 +26,11 @@ SAMPLERS = {
     "edm_stochastic": edm_stochastic, "dpm_solver_1": dpm_solver_1, "dpm_solver_2": dpm_solver_2,
     "dpm_solver_3": dpm_solver_3, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m,
     "dpmpp_2m_sde": dpmpp_2m_sde, "unipc": unipc, "em": em, "pc": pc, "rk45": rk45,
+    "consistency": consistency,
 }
 
 #: Samplers that draw fresh noise while integrating (their output depends on ``generator``).
-STOCHASTIC = frozenset({"ddpm", "euler_ancestral", "edm_stochastic", "dpmpp_2m_sde", "em", "pc"})
+STOCHASTIC = frozenset({"ddpm", "euler_ancestral", "edm_stochastic", "dpmpp_2m_sde", "em", "pc", "consistency"})
 
 _COMMON = {"denoiser", "x", "sigmas", "generator", "callback", "progress", "cond"}
 

@@ -76,3 +76,20 @@ def euler_ancestral(denoiser, x, sigmas, *, generator=None, callback=None, progr
     (Karras et al. 2022, sec. 4 discussion of ancestral samplers). Denoiser calls: ``len(sigmas) - 1``."""
     return _ancestral_loop(denoiser, x, sigmas, eta, s_noise, generator, callback, progress, cond,
                            "euler_ancestral")
+
+
+def consistency(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
+                sigma_min: float = 0.002):
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) for a consistency model f
+    (``prediction="consistency"``), which maps any point of an ODE trajectory to its end:
+    x0 = f(x, sigma_0), then at each later positive sigma re-noise and map again,
+
+        x = x0 + sqrt(sigma^2 - sigma_min^2) z,    x0 = f(x, sigma).
+
+    One step (``sigmas = [sigma_max, 0]``) is a single call. ``sigma_min`` is the model's (the
+    boundary f(x, sigma_min) = x). Denoiser calls: ``len(sigmas) - 1``."""
+    for i, s, s_next in steps(sigmas, progress, "consistency"):
+        d0 = denoise(denoiser, x, s, cond)
+        report(callback, i, x, s, s_next, d0)
+        x = d0 if s_next == 0 else d0 + math.sqrt(max(s_next**2 - sigma_min**2, 0.0)) * noise_like(x, generator)
+    return x

@@ -125,8 +125,9 @@ def read_config(model_dir) -> tuple[TrainConfig, dict]:
     return config, info
 
 
-def load_weights(module: nn.Module, path, device="cpu") -> None:
-    """Load a safetensors file into ``module`` (every key must match)."""
+def load_weights(module: nn.Module, path, device="cpu", missing_prefix: str | None = None) -> None:
+    """Load a safetensors file into ``module`` (every key must match, but for keys of the module
+    starting with ``missing_prefix``, which keep their values)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: missing weights file")
@@ -134,6 +135,8 @@ def load_weights(module: nn.Module, path, device="cpu") -> None:
         state = load_file(path, device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read the weights ({e})") from e
+    if missing_prefix is not None:
+        state = {**{k: v for k, v in module.state_dict().items() if k.startswith(missing_prefix)}, **state}
     try:
         module.load_state_dict(state)
     except RuntimeError as e:

@@ -22,21 +22,24 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..io import atomic
 from ..nets import UNET_PRESETS, MLPConfig
 from ..samplers import SAMPLERS
 from ..schedules import EDM, DiscreteVP, Flow, make_schedule
 
-__all__ = ["TrainConfig", "PRESETS", "load_config", "save_config", "config_from_dict"]
+__all__ = ["TrainConfig", "PRESETS", "load_config", "save_config", "config_from_dict", "native_sampling"]
 
 NETWORKS = ("unet", "mlp")
-TRAIN_PREDICTIONS = ("eps", "x0", "v", "flow", "edm")
+TRAIN_PREDICTIONS = ("eps", "x0", "v", "flow", "edm", "consistency")
 WEIGHTINGS = ("uniform", "min_snr", "edm")
 PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 TIME_SAMPLINGS = ("default", "uniform", "logit_normal")
 COUPLINGS = ("independent", "ot", "pairs")
-_DICT_FIELDS = ("net", "schedule")
+OBJECTIVES = ("denoising", "progressive", "consistency", "guided")
+_DICT_FIELDS = ("net", "schedule", "distill", "native")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ class TrainConfig:
     sec. 3.1). ``coupling`` of data and noise in a batch: ``independent``, ``ot`` (minibatch optimal
     transport, Tong et al. 2024, exact assignment of the batch) or ``pairs`` (the data set's own
     noise column, from ``difflab reflow``). ``init``: a model directory whose weights start the run.
+
+    ``objective`` (docs/distill.md): ``denoising`` (the default), or a distillation of the model
+    directory ``teacher`` -- ``progressive`` (Salimans & Ho 2022), ``consistency`` (Song et al.
+    2023; without a teacher: consistency training, Song & Dhariwal 2024) or ``guided`` (Meng et al.
+    2023) -- with its options in the ``distill`` table. ``native``: the sampler and sigmas that
+    ``TrainedModel.sample`` uses when none are given (a distilled student's own).
     """
 
     preset: str = "custom"
@@ -105,12 +114,16 @@ class TrainConfig:
     logit_std: float = 1.0
     coupling: str = "independent"
     init: str | None = None
+    objective: str = "denoising"
+    teacher: str | None = None
+    distill: dict = field(default_factory=dict)
+    native: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name, hint in _hints().items():
             object.__setattr__(self, name, _check_type(name, getattr(self, name), hint))
-        object.__setattr__(self, "net", dict(self.net))
-        object.__setattr__(self, "schedule", dict(self.schedule))
+        for name in _DICT_FIELDS:
+            object.__setattr__(self, name, dict(getattr(self, name)))
         _validate(self)
 
     def to_dict(self) -> dict:
@@ -225,7 +238,7 @@ def _validate(c: TrainConfig) -> None:
     """Range and choice checks, each a one-sentence ValueError."""
     choices = {"network": NETWORKS, "prediction": TRAIN_PREDICTIONS, "weighting": WEIGHTINGS,
                "precision": PRECISIONS, "compile": COMPILE_MODES, "time_sampling": TIME_SAMPLINGS,
-               "coupling": COUPLINGS}
+               "coupling": COUPLINGS, "objective": OBJECTIVES}
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
             raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
@@ -261,11 +274,30 @@ def _validate(c: TrainConfig) -> None:
         schedule = make_schedule(c.schedule)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"TrainConfig.schedule {c.schedule} is not a valid schedule ({e})") from e
+    if (c.prediction == "consistency") != (c.objective == "consistency"):
+        raise ValueError("a consistency model (prediction 'consistency') is trained with objective 'consistency', "
+                         "and that objective needs it")
+    if c.objective in ("progressive", "guided") and c.teacher is None:
+        raise ValueError(f"TrainConfig.objective {c.objective!r} distils a teacher: set teacher = a model directory")
+    if c.objective == "denoising" and (c.teacher is not None or c.distill):
+        raise ValueError("TrainConfig.teacher and distill apply to a distillation objective")
+    if c.native and (c.native.get("sampler") not in SAMPLERS or not isinstance(c.native.get("sigmas"), list)):
+        raise ValueError(f"TrainConfig.native must hold a sampler of {', '.join(SAMPLERS)} and a list of sigmas, "
+                         f"got {c.native}")
     if c.time_sampling != "default" and isinstance(schedule, (EDM, DiscreteVP)):
         raise ValueError(f"TrainConfig.time_sampling {c.time_sampling!r} applies to continuous-time schedules; "
                          f"{type(schedule).__name__} draws its own noise levels")
     if not c.logit_std > 0 or not math.isfinite(c.logit_std) or not math.isfinite(c.logit_mean):
         raise ValueError(f"TrainConfig.logit_std must be positive, got {c.logit_std}")
+
+
+def native_sampling(config: TrainConfig):
+    """(sampler, sigmas (float64), sampler options) of ``config.native`` (a distilled student's own
+    way to sample), or None when the config has none."""
+    if not config.native:
+        return None
+    sigmas = torch.tensor(config.native["sigmas"], dtype=torch.float64)
+    return config.native["sampler"], sigmas, dict(config.native.get("options", {}))
 
 
 # ---------------------------------------------------------------------------------------------

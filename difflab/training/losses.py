@@ -159,15 +159,18 @@ def network_target(denoiser: NetworkDenoiser, x0, x, sigma, alpha, noise=None):
     return prediction_from_x0(denoiser.prediction, x0, x, s, append_dims(alpha, x0.ndim), eps=noise)
 
 
-def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config):
+def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config, extra_cond: dict | None = None):
     """Weighted denoising loss for given sigma and noise: (mean, per-sample losses (B,)).
 
-    x = x0 + sigma n; per-sample loss = w(sigma) mean_i (F_i - target_i)^2 with w from
-    :func:`loss_weight`. ``y`` None trains unconditionally.
+    x = x0 + sigma n (n itself at sigma = inf, for a flow); per-sample loss = w(sigma) mean_i
+    (F_i - target_i)^2 with w from :func:`loss_weight`. ``y`` None trains unconditionally;
+    ``extra_cond``: more keyword inputs of the network (the guidance scale ``w`` of a guided student).
     """
-    x = x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
+    s = append_dims(sigma, x0.ndim).to(x0.dtype)
+    x = torch.where(torch.isinf(s), noise, x0 + s * noise)  # at sigma = inf the state is the noise
     x_in, c_noise, alpha = denoiser.network_inputs(x, sigma)
-    out = denoiser.net(x_in, c_noise.to(x0.dtype), **({} if y is None else {"y": y})).float()
+    cond = {**({} if y is None else {"y": y}), **(extra_cond or {})}
+    out = denoiser.net(x_in, c_noise.to(x0.dtype), **cond).float()
     v = None
     if out.ndim == x0.ndim and out.shape[1] == 2 * x0.shape[1]:  # learn_sigma: [prediction, variance]
         out, v = out.chunk(2, dim=1)

@@ -37,9 +37,9 @@ from ..samplers import default_sigmas, generate
 from ..schedules import make_schedule
 from .checkpoint import (MODEL_DIR, CheckpointError, find_model_dir, load_weights, read_config,
                          read_training_state, recover, save_checkpoint)
-from .config import TrainConfig
+from .config import TrainConfig, native_sampling
 from .data import Dataset, batch_indices, load_dataset
-from .losses import denoising_loss, draw_noise
+from .objectives import make_objective
 
 __all__ = ["train", "prepare_data", "resolve_config", "step_seed", "ema_decay_at", "lr_at", "update_ema"]
 
@@ -142,7 +142,8 @@ class _Run:
     ema: nn.Module | None
     optimizer: torch.optim.Optimizer
     denoiser: NetworkDenoiser  # wraps the DDP module when distributed
-    loss_fn: object  # (x0, sigma, noise, y) -> (loss, per-sample losses), compiled when asked
+    objective: object  # training.objectives.Objective: draws a batch's targets, computes its loss
+    loss_fn: object  # objective.loss, compiled when asked
     device: torch.device
     rank: int
     world: int
@@ -167,33 +168,35 @@ def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, 
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay,
                                   fused=True if device.type == "cuda" else None)
-    run = _Run(config, out_dir, ds, net, ema, optimizer, None, None, device, rank, world)
+    run = _Run(config, out_dir, ds, net, ema, optimizer, None, None, None, device, rank, world)
     if model_dir.exists():
         _restore(run, model_dir)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-    run.denoiser = denoiser = NetworkDenoiser(net, make_schedule(config.schedule), config.prediction,
-                                              config.sigma_data)
-
-    def loss_fn(x0, sigma, noise, y):
-        return denoising_loss(denoiser, x0, sigma, noise, y, config)
-
-    run.loss_fn = loss_fn if config.compile == "none" else torch.compile(
-        loss_fn, mode=None if config.compile == "default" else config.compile)
+    schedule = make_schedule(config.schedule)
+    run.denoiser = NetworkDenoiser(net, schedule, config.prediction, config.sigma_data)
+    ema_denoiser = None if ema is None else NetworkDenoiser(ema, schedule, config.prediction, config.sigma_data)
+    run.objective = make_objective(config, run.denoiser, ema_denoiser, device)
+    run.loss_fn = run.objective.loss if config.compile == "none" else torch.compile(
+        run.objective.loss, mode=None if config.compile == "default" else config.compile)
     return run
 
 
 def _initialise(net: nn.Module, config: TrainConfig, init: Path, device) -> None:
     """Start from the weights of the model directory ``init`` (its EMA weights when it has them),
-    which must have the same network."""
+    which must have the same network, or the same plus a guidance-scale input (a guided student,
+    whose new input starts at zero)."""
     source = find_model_dir(init)
     saved, _ = read_config(source)
-    if (saved.network, saved.net) != (config.network, config.net):
+    added = config.net.get("guidance_embedding", False) and not saved.net.get("guidance_embedding", False)
+    if (saved.network, {**saved.net, "guidance_embedding": added or saved.net.get("guidance_embedding", False)}) \
+            != (config.network, {**config.net, "guidance_embedding": config.net.get("guidance_embedding", False)}):
         raise CheckpointError(f"{source}: its network differs from this run's; init needs the same network "
                               f"({saved.network} {saved.net} vs {config.network} {config.net})")
     weights = source / "ema.safetensors"
-    load_weights(net, weights if weights.exists() else source / "model.safetensors", device)
+    load_weights(net, weights if weights.exists() else source / "model.safetensors", device,
+                 missing_prefix="embed.guidance." if added else None)
 
 
 def _restore(run: _Run, model_dir: Path) -> None:
@@ -231,7 +234,7 @@ def _train_step(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     x0 = run.ds.x[idx].to(run.device)
     y = run.ds.y[idx].to(run.device) if c.num_classes is not None else None
     paired = run.ds.noise[idx].to(run.device) if c.coupling == "pairs" else None
-    sigma, noise, y = draw_noise(run.denoiser.schedule, x0, y, c, gen, paired)
+    batch = run.objective.draw(x0, y, paired, gen, k)
     ddp = run.denoiser.net if run.world > 1 else None
     bf16 = c.precision == "bf16" and run.device.type == "cuda"
     total = torch.zeros((), device=run.device, dtype=torch.float64)
@@ -240,7 +243,7 @@ def _train_step(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
         # DDP averages gradients over processes on the last micro-batch's backward only.
         with ddp.no_sync() if ddp is not None and a < accum - 1 else contextlib.nullcontext():
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = run.loss_fn(x0[rows], sigma[rows], noise[rows], None if y is None else y[rows])
+                loss, _ = run.loss_fn({key: v[rows] for key, v in batch.items() if v is not None})
             (loss / accum).backward()
         total += loss.detach() / accum
     grad_norm = nn.utils.clip_grad_norm_(run.net.parameters(), c.grad_clip or math.inf)
@@ -293,8 +296,9 @@ def _save_samples(run: _Run) -> Path:
     c, ds = run.config, run.ds
     net = (run.ema if run.ema is not None else run.net).eval()
     denoiser = NetworkDenoiser(net, run.denoiser.schedule, c.prediction, c.sigma_data)
-    schedule = denoiser.schedule
-    sigmas = default_sigmas(schedule, c.sample_steps, c.sample_sampler).to(run.device)
+    sampler, sigmas, options = native_sampling(c) or (
+        c.sample_sampler, default_sigmas(denoiser.schedule, c.sample_steps, c.sample_sampler), {})
+    sigmas = sigmas.to(run.device)
     gen = torch.Generator(run.device).manual_seed(c.seed)
     path = run.out_dir / "samples" / f"step_{run.step:06d}.png"
     if ds.kind == "points":
@@ -303,8 +307,10 @@ def _save_samples(run: _Run) -> Path:
     else:  # 8 per class for class-conditional models
         y = None if c.num_classes is None else torch.arange(c.num_classes).repeat_interleave(SAMPLE_GRID // 8)
         n = SAMPLE_GRID if y is None else len(y)
-    x = generate(denoiser, ds.shape, n, sigmas, c.sample_sampler, generator=gen,
-                 cond=None if y is None else {"y": y})
+    cond = {} if y is None else {"y": y}
+    if c.net.get("guidance_embedding"):  # a guided student: at the middle of its trained scales
+        cond["w"] = torch.full((n,), (c.distill.get("w_min", 1.0) + c.distill.get("w_max", 5.0)) / 2)
+    x = generate(denoiser, ds.shape, n, sigmas, sampler, generator=gen, cond=cond or None, **options)
     if ds.kind == "points":
         save_scatter(x, path, reference=ds.x[:SAMPLE_POINTS], title=f"step {run.step}")
     else:
