@@ -19,7 +19,7 @@ __all__ = [
     "Schedule", "DiscreteVP", "ContinuousVP", "SubVP", "VE", "EDM", "Flow", "make_schedule",
     "linear_betas", "cosine_betas", "scaled_linear_betas", "sigmoid_betas",
     "karras_sigmas", "loglinear_sigmas", "time_uniform_sigmas", "time_quadratic_sigmas",
-    "discrete_sigmas", "q_sample", "ddpm_posterior", "ve_posterior",
+    "discrete_sigmas", "consistency_grid", "consistency_sigmas", "q_sample", "ddpm_posterior", "ve_posterior",
 ]
 
 
@@ -370,6 +370,19 @@ def discrete_sigmas(schedule: DiscreteVP, n: int, spacing: str = "trailing") -> 
     else:
         raise ValueError(f"unknown spacing {spacing!r}; choose linspace, leading or trailing")
     return _append_zero(schedule.sigmas[steps.flip(0)]).float()
+
+
+def consistency_grid(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """The n noise levels sigma_min = s_1 < ... < s_n = sigma_max of consistency models (Karras et
+    al.'s spacing, Song et al. 2023, sec. 5), increasing, float64."""
+    return karras_sigmas(n, sigma_min, sigma_max, rho).double()[:-1].flip(0)
+
+
+def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+    """The native sigmas of a ``steps``-step consistency model: the top ``steps`` of the ``steps + 1``
+    Karras levels (sigma_max first, sigma_min left out: re-noising to it would change nothing)
+    and a trailing 0, for the ``consistency`` sampler."""
+    return consistency_grid(steps + 1, sigma_min, sigma_max).flip(0)[:steps].tolist() + [0.0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,17 +10,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-__all__ = ["run", "EVAL_N"]
+__all__ = ["run", "EVAL_N", "PRESET", "SAMPLER"]
 
 EVAL_N = 300  # the size of the held-out reference in difflab.evaluation
+PRESET = "digits-small"
+#: The demo's sampler: stochastic, because on this short-trained model it gives about 0.55x the
+#: Fréchet distance of dpmpp_2m at the same 20 steps (measured; docs/training.md).
+SAMPLER = "dpmpp_2m_sde"
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="train a small digits model and draw figures (about 5 minutes on CPU)",
-                       description="Train the digits preset, then write samples, the forward and "
+                       description="Train the digits-small preset, then write samples, the forward and "
                        "reverse processes, a sampler comparison and FD / accuracy numbers.")
     p.add_argument("--out", default="difflab-demo", metavar="DIR", help="output folder (default: %(default)s)")
-    p.add_argument("--steps", type=int, metavar="N", help="training steps (default: the digits preset's)")
+    p.add_argument("--steps", type=int, metavar="N", help=f"training steps (default: the {PRESET} preset's)")
     p.set_defaults(func=command)
 
 
@@ -49,8 +53,8 @@ class _Stages:
 
 
 def run(out_dir="difflab-demo", steps: int | None = None, progress: bool = True) -> dict:
-    """Train the `digits` preset into `out_dir/model` (`steps` overrides its training steps; a model
-    already there is reused, or trained further up to `steps`), write samples.png,
+    """Train the `digits-small` preset into `out_dir/model` (`steps` overrides its training steps; a
+    model already there with the same config is reused), write samples.png,
     forward_process.png, reverse_trajectory.png and samplers.png to `out_dir`, and print the
     evaluation. Returns the evaluation dict plus the written paths ("files") and the total time
     ("seconds")."""
@@ -65,14 +69,14 @@ def run(out_dir="difflab-demo", steps: int | None = None, progress: bool = True)
 
     out = Path(out_dir)
     stage = _Stages(4)
-    config = PRESETS["digits"] if steps is None else PRESETS["digits"].replace(steps=steps)
-    stage(f"training the digits preset ({config.steps} steps) into {out / 'model'}")
+    config = PRESETS[PRESET] if steps is None else PRESETS[PRESET].replace(steps=steps)
+    stage(f"training the {PRESET} preset ({config.steps} steps) into {out / 'model'}")
     # resume: a second demo in the same folder reuses (or finishes) the model instead of failing.
     files = {"model": train(config, out, resume=True, progress=progress)}  # also out/samples, out/log.csv
     model = load(files["model"])
 
-    stage("drawing 64 samples (dpmpp_2m, 20 steps)")
-    x = model.sample(64, steps=20, seed=0, progress=progress)
+    stage(f"drawing 64 samples ({SAMPLER}, 20 steps)")
+    x = model.sample(64, sampler=SAMPLER, steps=20, seed=0, progress=progress)
     files["samples"] = imageio.save_grid(x, out / "samples.png", nrow=8, scale=6)
 
     stage("drawing the forward process, a reverse trajectory and the sampler comparison")
@@ -88,8 +92,8 @@ def run(out_dir="difflab-demo", steps: int | None = None, progress: bool = True)
     sigmas = karras_sigmas(10, schedule.sigma_min, schedule.sigma_max)
     files["samplers"] = sampler_figure(model.denoiser, noise, sigmas, out / "samplers.png")
 
-    stage(f"evaluating {EVAL_N} samples (the reference classifier is trained on first use, then cached)")
-    result = evaluate_digits(model.sample(EVAL_N, steps=20, seed=1, progress=progress))
+    stage(f"evaluating {EVAL_N} samples of {SAMPLER} (the reference classifier is trained on first use)")
+    result = evaluate_digits(model.sample(EVAL_N, sampler=SAMPLER, steps=20, seed=1, progress=progress))
     result["seconds"] = stage()
     print(format_digits_eval(result))
     print(f"demo finished in {result['seconds']:.0f} s; files:")

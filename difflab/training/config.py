@@ -27,7 +27,7 @@ import torch
 from ..io import atomic
 from ..nets import UNET_PRESETS, MLPConfig
 from ..samplers import SAMPLERS
-from ..schedules import EDM, DiscreteVP, Flow, make_schedule
+from ..schedules import EDM, DiscreteVP, Flow, consistency_sigmas, make_schedule
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "save_config", "config_from_dict", "native_sampling"]
 
@@ -35,6 +35,7 @@ NETWORKS = ("unet", "mlp")
 TRAIN_PREDICTIONS = ("eps", "x0", "v", "flow", "edm", "consistency")
 WEIGHTINGS = ("uniform", "min_snr", "edm")
 PRECISIONS = ("fp32", "bf16")
+LR_DECAYS = ("none", "cosine", "linear")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 TIME_SAMPLINGS = ("default", "uniform", "logit_normal")
 COUPLINGS = ("independent", "ot", "pairs")
@@ -47,6 +48,9 @@ class TrainConfig:
     """Everything a training run depends on. Counts of 0 switch a feature off
     (``grad_clip``, ``warmup_steps``, ``ckpt_every`` (then only the final checkpoint),
     ``sample_every``, ``weight_decay``).
+
+    ``lr_decay``: after the warm-up the learning rate stays constant (``none``) or decays to 0 at
+    the last step, on a half cosine (``cosine``) or linearly (``linear``).
 
     ``batch_size`` is the global batch per optimizer step, split over ``grad_accum`` micro-batches
     and the processes of a multi-process run. ``num_classes`` (None: unconditional) makes the model
@@ -92,6 +96,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
+    lr_decay: str = "none"
     grad_clip: float = 1.0
     batch_size: int = 64
     grad_accum: int = 1
@@ -238,7 +243,7 @@ def _validate(c: TrainConfig) -> None:
     """Range and choice checks, each a one-sentence ValueError."""
     choices = {"network": NETWORKS, "prediction": TRAIN_PREDICTIONS, "weighting": WEIGHTINGS,
                "precision": PRECISIONS, "compile": COMPILE_MODES, "time_sampling": TIME_SAMPLINGS,
-               "coupling": COUPLINGS, "objective": OBJECTIVES}
+               "coupling": COUPLINGS, "objective": OBJECTIVES, "lr_decay": LR_DECAYS}
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
             raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
@@ -310,19 +315,28 @@ def _presets() -> dict[str, TrainConfig]:
     # Flow matching (Lipman et al. 2023, eq. 23): the velocity n - x0 on the linear path, the plain
     # (uniform) squared error, t ~ U(0, 1).
     flow = dict(prediction="flow", weighting="uniform", schedule=Flow().to_dict())
+    ct = dict(prediction="consistency", objective="consistency", schedule=EDM().to_dict(), sample_sampler="consistency",
+              native={"sampler": "consistency", "sigmas": consistency_sigmas(2, 0.002, 80.0),
+                      "options": {"sigma_min": 0.002}})
     digits = TrainConfig(
         preset="digits", data="digits", network="unet", net=digits_net, **edm,
         lr=2e-3, warmup_steps=100, batch_size=128, steps=1200, ema_decay=0.999,
         ckpt_every=400, sample_every=400, log_every=20)
+    toy2d = TrainConfig(
+        preset="toy2d", data="moons", network="mlp", net=MLPConfig(hidden_channels=128, depth=3).to_dict(), **edm,
+        lr=3e-3, warmup_steps=100, batch_size=512, steps=2000, ema_decay=0.995, ckpt_every=1000,
+        sample_every=1000, log_every=20)
     return {
         "digits": digits,
+        # The demo's model (make demo): 16 channels, one residual block per level, no attention but
+        # the middle block's, 1500 steps with a cosine decay: about 90 s of training on 2 CPU cores.
+        # Its samples are best with a stochastic sampler (FD about 0.55x dpmpp_2m's at 20 steps).
+        "digits-small": digits.replace(
+            preset="digits-small", net=dict(digits_net, base_channels=16, num_res_blocks=1, attn_resolutions=[]),
+            steps=1500, lr_decay="cosine", ckpt_every=500, sample_every=500, sample_sampler="dpmpp_2m_sde"),
         "digits-cond": digits.replace(preset="digits-cond", num_classes=10, cond_drop=0.1, steps=2500,
                                       ckpt_every=1000, sample_every=1000),
-        "toy2d": TrainConfig(
-            preset="toy2d", data="moons", network="mlp",
-            net=MLPConfig(hidden_channels=128, depth=3).to_dict(), **edm,
-            lr=3e-3, warmup_steps=100, batch_size=512, steps=2000, ema_decay=0.995,
-            ckpt_every=1000, sample_every=1000, log_every=20),
+        "toy2d": toy2d,
         # A 2-D mixture with a known velocity field (8 Gaussians of std 0.2 on a circle; any
         # --data FILE.npy of shape (N, 2) works too).
         "toy2d-flow": TrainConfig(
@@ -331,6 +345,11 @@ def _presets() -> dict[str, TrainConfig]:
             lr=3e-3, warmup_steps=100, batch_size=512, steps=2000, ema_decay=0.995,
             ckpt_every=1000, sample_every=1000, log_every=20),
         "digits-flow": digits.replace(preset="digits-flow", **flow),
+        # Consistency training without a teacher (Song & Dhariwal 2024): pseudo-Huber loss,
+        # discretisation curriculum 10 -> 1280 levels, lognormal choice of the level; samples
+        # natively in 2 steps of multistep consistency sampling.
+        "toy2d-ct": toy2d.replace(preset="toy2d-ct", **ct, steps=4000, ckpt_every=2000, sample_every=2000),
+        "digits-ct": digits.replace(preset="digits-ct", **ct, steps=2000, ckpt_every=1000, sample_every=1000),
         "shapes32": TrainConfig(
             preset="shapes32", data="shapes", network="unet", net=UNET_PRESETS["shapes32"].to_dict(),
             **edm, lr=5e-4, warmup_steps=1000, batch_size=64, steps=100_000, ema_decay=0.9995,

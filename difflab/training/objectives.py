@@ -25,13 +25,12 @@ import torch
 from ..denoisers import NetworkDenoiser, append_dims
 from ..guidance import cfg
 from ..samplers.stepping import heun_step
-from ..schedules import karras_sigmas, make_schedule
+from ..schedules import consistency_grid, make_schedule
 from .checkpoint import build_model
 from .losses import denoising_loss, draw_noise, drop_labels
 
 __all__ = ["Objective", "Denoising", "Progressive", "Consistency", "Guided", "make_objective", "load_teacher",
-           "ddim_step", "progressive_target", "guided_target", "consistency_grid", "ct_discretisation",
-           "pseudo_huber"]
+           "ddim_step", "progressive_target", "guided_target", "ct_discretisation", "pseudo_huber"]
 
 
 def load_teacher(path, device) -> NetworkDenoiser:
@@ -127,12 +126,6 @@ class Progressive(Objective):
         return {"x0": target, "sigma": sigma, "noise": n, "y": y}
 
     loss = Denoising.loss
-
-
-def consistency_grid(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
-    """The n noise levels sigma_min = s_1 < ... < s_n = sigma_max of consistency models (Karras et
-    al.'s spacing, Song et al. 2023, sec. 5), increasing, float64."""
-    return karras_sigmas(n, sigma_min, sigma_max, rho).double()[:-1].flip(0)
 
 
 def ct_discretisation(step: int, total: int, s0: int = 10, s1: int = 1280) -> int:
@@ -236,7 +229,9 @@ class Guided(Objective):
             raise ValueError(f"need w_min <= w_max, got {self.w_min} and {self.w_max}")
 
     def draw(self, x0, y, paired, generator, step):
-        sigma, noise, y = draw_noise(self.student.schedule, x0, y, self.config, generator, paired)
+        # the student is always told its class: the guided target of a dropped (null) label is just
+        # the unconditional denoiser, which w could not change
+        sigma, noise, _ = draw_noise(self.student.schedule, x0, y, self.config, generator, paired)
         w = self.w_min + (self.w_max - self.w_min) * torch.rand(x0.shape[0], generator=generator, device=x0.device,
                                                                 dtype=torch.float64)
         s = append_dims(sigma, x0.ndim).to(x0.dtype)

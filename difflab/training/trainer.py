@@ -59,10 +59,14 @@ def step_seed(*keys: int) -> int:
 
 def lr_at(config: TrainConfig, step: int) -> float:
     """Linear warm-up from lr / warmup_steps to lr over the first ``warmup_steps`` steps (Goyal et
-    al. 2017, sec. 2.2), then constant (as in Ho et al. 2020 and Karras et al. 2022)."""
-    if config.warmup_steps == 0:
-        return config.lr
-    return config.lr * min(1.0, (step + 1) / config.warmup_steps)
+    al. 2017, sec. 2.2), then constant (as in Ho et al. 2020 and Karras et al. 2022) or, with
+    ``lr_decay``, down to 0 at the last step: lr (1 + cos(pi f)) / 2 (Loshchilov & Hutter 2017,
+    eq. 5) or lr (1 - f), f the fraction of the steps after the warm-up done."""
+    warm = 1.0 if config.warmup_steps == 0 else min(1.0, (step + 1) / config.warmup_steps)
+    if config.lr_decay == "none" or step < config.warmup_steps:
+        return config.lr * warm
+    f = min(1.0, (step + 1 - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.lr * (0.5 * (1 + math.cos(math.pi * f)) if config.lr_decay == "cosine" else 1 - f)
 
 
 def ema_decay_at(config: TrainConfig, step: int) -> float:
@@ -125,7 +129,8 @@ def resolve_config(config: TrainConfig, ds: Dataset) -> TrainConfig:
 
 def _check_resumable(saved: TrainConfig, config: TrainConfig, model_dir: Path) -> None:
     a, b = saved.to_dict(), config.to_dict()
-    changed = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
+    free = RESUMABLE_CHANGES - ({"steps"} if config.lr_decay != "none" else set())  # the decay ends at steps
+    changed = sorted(k for k in a if a[k] != b[k] and k not in free)
     if changed:
         details = "; ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in changed)
         raise CheckpointError(f"{model_dir}: cannot resume with a different config ({details})")
