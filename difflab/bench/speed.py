@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..schedules import make_schedule
 from ..training import PRESETS, TrainConfig, load_dataset
 from ..training.checkpoint import save_checkpoint
 from ..training.losses import denoising_loss, draw_noise
-from ..training.trainer import resolve_config
+from ..training.trainer import make_optimizer, resolve_config
 
 __all__ = ["bench_train", "bench_gpu", "bare_step_rate", "trainer_rate", "training_flops_per_image",
            "peak_flops", "format_table", "PEAK_TFLOPS"]
@@ -83,7 +84,7 @@ def bare_step_rate(config: TrainConfig, device, *, steps: int = 50, warmup: int 
     batch already on the device (precision and compile as the config says)."""
     device = torch.device(device)
     config, ds, net, denoiser = _setup(config, device)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, fused=True if device.type == "cuda" else None)
+    opt = make_optimizer(net.parameters(), config, device)  # the trainer's optimizer settings
     x0 = ds.x[: config.batch_size]
     x0 = x0.repeat(-(-config.batch_size // len(x0)), *[1] * (x0.ndim - 1))[: config.batch_size]
     y = None if config.num_classes is None else torch.zeros(len(x0), dtype=torch.long, device=device)
@@ -151,7 +152,7 @@ def training_flops_per_image(config: TrainConfig, device) -> float:
 
 def bench_train(preset: str = "digits", device=None, *, steps: int = 50, warmup: int = 10,
                 data: str | None = None, batch_size: int | None = None, compile: str = "none",
-                precision: str | None = None, log=print) -> list[dict]:
+                precision: str | None = None, repeats: int = 3, log=print) -> list[dict]:
     """The trainer against the bare step of the same network, on ``device`` (default: CUDA when
     available); returns the rows and prints a markdown table."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -163,12 +164,15 @@ def bench_train(preset: str = "digits", device=None, *, steps: int = 50, warmup:
     config = config.replace(**overrides)
     if config.data is None:
         raise ValueError(f"the {preset} preset needs data: pass data=PATH (or --data)")
-    bare = bare_step_rate(config, device, steps=steps, warmup=warmup)
-    trainer = trainer_rate(config, device, steps=steps, warmup=warmup)
+    bares, trainers = [], []
+    for _ in range(repeats):  # alternated, so a slow spell of the machine hits both
+        bares.append(bare_step_rate(config, device, steps=steps, warmup=warmup))
+        trainers.append(trainer_rate(config, device, steps=steps, warmup=warmup))
+    bare, trainer = statistics.median(bares), statistics.median(trainers)
     rows = [{"path": "bare step (forward, backward, AdamW)", "img/s": bare, "vs bare": 1.0},
             {"path": "difflab train", "img/s": trainer, "vs bare": trainer / bare}]
     log(f"{preset} on {_device_name(device)}, batch {config.batch_size}, {config.precision}, compile "
-        f"{config.compile}, {steps} timed steps after {warmup}:\n")
+        f"{config.compile}; medians of {repeats} alternated runs of {steps} timed steps after {warmup}:\n")
     log(format_table(rows, ["path", "img/s", "vs bare"]))
     return rows
 

@@ -29,6 +29,8 @@ def add_parser(sub, parser_class) -> None:
     q.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed steps first (default: %(default)s)")
     q.add_argument("--batch-size", type=int, metavar="B", help="batch size (default: the preset's)")
     q.add_argument("--precision", choices=("fp32", "bf16"), help="(default: the preset's)")
+    q.add_argument("--repeats", type=int, default=3, metavar="R", help="alternated runs of each, medians reported "
+                   "(default: %(default)s)")
     q.add_argument("--compile", nargs="?", const="default", default="none", metavar="MODE",
                    choices=("none", "default", "reduce-overhead", "max-autotune"), help="torch.compile mode")
     q.set_defaults(func=run_train)
@@ -57,11 +59,11 @@ def run_train(args) -> None:
     from ..bench.speed import bench_train
     from .common import UserError, check_positive
 
-    check_positive(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size)
+    check_positive(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, repeats=args.repeats)
     if args.steps % args.warmup:
         raise UserError("--steps must be a multiple of --warmup (the trainer logs every --warmup steps)")
     bench_train(args.preset, args.device, steps=args.steps, warmup=args.warmup, data=args.data,
-                batch_size=args.batch_size, compile=args.compile, precision=args.precision)
+                batch_size=args.batch_size, compile=args.compile, precision=args.precision, repeats=args.repeats)
 
 
 def run_gpu(args) -> None:

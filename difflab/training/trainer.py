@@ -41,7 +41,8 @@ from .config import TrainConfig, native_sampling
 from .data import Dataset, batch_indices, load_dataset
 from .objectives import make_objective
 
-__all__ = ["train", "prepare_data", "resolve_config", "step_seed", "ema_decay_at", "lr_at", "update_ema"]
+__all__ = ["train", "prepare_data", "resolve_config", "make_optimizer", "step_seed", "ema_decay_at", "lr_at",
+           "update_ema"]
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
 #: Fields that may change when a run is resumed: they do not affect the trained weights.
@@ -80,7 +81,7 @@ def ema_decay_at(config: TrainConfig, step: int) -> float:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    """ema <- decay ema + (1 - decay) net for parameters; buffers are copied."""
+    """ema <- decay ema + (1 - decay) net for parameters (one multi-tensor lerp); buffers are copied."""
     torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
     for e, b in zip(ema.buffers(), net.buffers()):
         e.copy_(b)
@@ -152,6 +153,7 @@ class _Run:
     device: torch.device
     rank: int
     world: int
+    params: list | None = None  # the network's parameters, listed once (a module walk per step costs)
     step: int = 0
     window_sum: torch.Tensor | float = 0.0  # loss sum since the last log row (on the device)
     window_count: int = 0
@@ -170,10 +172,9 @@ def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, 
     if config.init is not None and not model_dir.exists():
         _initialise(net, config, Path(config.init), device)
     ema = copy.deepcopy(net).requires_grad_(False).eval() if config.ema_decay > 0 else None
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, betas=config.betas,
-                                  weight_decay=config.weight_decay,
-                                  fused=True if device.type == "cuda" else None)
-    run = _Run(config, out_dir, ds, net, ema, optimizer, None, None, None, device, rank, world)
+    optimizer = make_optimizer(net.parameters(), config, device)
+    run = _Run(config, out_dir, ds, net, ema, optimizer, None, None, None, device, rank, world,
+               params=list(net.parameters()))
     if model_dir.exists():
         _restore(run, model_dir)
     if world > 1:
@@ -186,6 +187,14 @@ def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, 
     run.loss_fn = run.objective.loss if config.compile == "none" else torch.compile(
         run.objective.loss, mode=None if config.compile == "default" else config.compile)
     return run
+
+
+def make_optimizer(params, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019) with the config's settings: the fused kernel on CUDA, the
+    multi-tensor (foreach) one elsewhere, so an optimizer step is a handful of kernels."""
+    cuda = device.type == "cuda"
+    return torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+                             fused=True if cuda else None, foreach=None if cuda else True)
 
 
 def _initialise(net: nn.Module, config: TrainConfig, init: Path, device) -> None:
@@ -251,7 +260,7 @@ def _train_step(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
                 loss, _ = run.loss_fn({key: v[rows] for key, v in batch.items() if v is not None})
             (loss / accum).backward()
         total += loss.detach() / accum
-    grad_norm = nn.utils.clip_grad_norm_(run.net.parameters(), c.grad_clip or math.inf)
+    grad_norm = nn.utils.clip_grad_norm_(run.params, c.grad_clip or math.inf)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.ema is not None:
