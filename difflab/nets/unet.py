@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import ConditionEmbedding, GroupNorm, JSONConfig, zero_init
+from .text import CrossAttention, TextConfig, TextEncoder
 
 __all__ = ["UNet", "UNetConfig", "UNET_PRESETS", "EncoderConfig", "Encoder", "ResBlock", "AttentionBlock"]
 
@@ -76,7 +77,7 @@ class AttentionBlock(nn.Module):
     in ADM (Dhariwal & Nichol 2021, sec. 3). ``proj`` is zero-initialised.
     """
 
-    def __init__(self, channels: int, num_heads: int, groups: int):
+    def __init__(self, channels: int, num_heads: int, groups: int, context_dim: int | None = None):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"{channels} channels cannot be split into {num_heads} attention heads")
@@ -84,13 +85,22 @@ class AttentionBlock(nn.Module):
         self.norm = GroupNorm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+        self.cross = None
+        if context_dim is not None:  # then attend to the caption's tokens (Rombach et al. 2022, sec. 3.3)
+            self.norm_cross = nn.LayerNorm(channels)
+            self.cross = CrossAttention(channels, context_dim, num_heads)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context=None, pad=None) -> torch.Tensor:
         b, c, height, width = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, height * width)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, d)
         h = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(h.transpose(-1, -2).reshape(b, c, height, width))
+        x = x + self.proj(h.transpose(-1, -2).reshape(b, c, height, width))
+        if self.cross is None:
+            return x
+        tokens = x.flatten(2).transpose(1, 2)
+        tokens = tokens + self.cross(self.norm_cross(tokens), context, pad)
+        return tokens.transpose(1, 2).reshape(b, c, height, width)
 
 
 class Downsample(nn.Module):
@@ -116,11 +126,11 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of blocks that all take ``(x, emb)``."""
+    """A sequence of blocks that all take ``(x, emb)``; attention blocks also the caption tokens."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context=None, pad=None) -> torch.Tensor:
         for block in self:
-            x = block(x, emb)
+            x = block(x, emb, context, pad) if isinstance(block, AttentionBlock) else block(x, emb)
         return x
 
 
@@ -145,6 +155,7 @@ class EncoderConfig(JSONConfig):
     scale_shift_norm: bool = True
     resblock_updown: bool = False
     groups: int = 32
+    text: dict | None = None  # a TextConfig dict: a text encoder, cross-attention in the attention blocks
 
     def __post_init__(self):
         super().__post_init__()
@@ -172,7 +183,8 @@ def _block_builders(cfg: EncoderConfig, emb_dim: int):
 
 
 def _attention(cfg: EncoderConfig, channels: int) -> AttentionBlock:
-    return AttentionBlock(channels, cfg.heads(channels), cfg.groups)
+    context_dim = None if cfg.text is None else TextConfig.from_dict(cfg.text).dim
+    return AttentionBlock(channels, cfg.heads(channels), cfg.groups, context_dim)
 
 
 class Encoder(nn.Module):
@@ -208,7 +220,8 @@ class Encoder(nn.Module):
         self.out_channels, self.out_resolution = ch, res
         self.factor = cfg.resolution // res
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context=None, pad=None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % self.factor or x.shape[3] % self.factor:
@@ -216,9 +229,9 @@ class Encoder(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         for stage in self.down:
-            h = stage(h, emb)
+            h = stage(h, emb, context, pad)
             skips.append(h)
-        return self.middle(h, emb), skips
+        return self.middle(h, emb, context, pad), skips
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,7 @@ class UNet(nn.Module):
         cfg = self.config = config
         emb_dim = 4 * cfg.base_channels
         self.embed = ConditionEmbedding(cfg.base_channels, emb_dim, cfg.num_classes, cfg.guidance_embedding)
+        self.text = None if cfg.text is None else TextEncoder(TextConfig.from_dict(cfg.text))
         self.encoder = Encoder(cfg, emb_dim)
         block, attention = _block_builders(cfg, emb_dim)
         ch, res = self.encoder.out_channels, self.encoder.out_resolution
@@ -272,11 +286,15 @@ class UNet(nn.Module):
         self.norm_out = GroupNorm(ch, cfg.groups)
         self.conv_out = zero_init(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None, w=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None, w=None,
+                text: torch.Tensor | None = None) -> torch.Tensor:
+        if (text is None) != (self.text is None):
+            raise ValueError("a text-conditional network needs text tokens, and only such a network takes them")
         emb = self.embed(c_noise, y, x.shape[0], w)
-        h, skips = self.encoder(x, emb)
+        context, pad = self.text(text) if self.text is not None else (None, None)
+        h, skips = self.encoder(x, emb, context, pad)
         for stage in self.up:
-            h = stage(torch.cat([h, skips.pop()], dim=1), emb)
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, pad)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

@@ -44,6 +44,7 @@ class Dataset:
     name: str = "data"
     class_names: tuple[str, ...] | None = None
     noise: torch.Tensor | None = None  # a noise sample paired with each x (reflow pairs)
+    captions: tuple[str, ...] | None = None  # a caption per x (text-conditional data)
 
     def __post_init__(self):
         if self.x.ndim not in (2, 4) or len(self.x) == 0:
@@ -57,6 +58,8 @@ class Dataset:
                 self.num_classes = len(self.class_names) if self.class_names else int(self.y.max()) + 1
             if self.y.min() < 0 or self.y.max() >= self.num_classes:
                 raise DataError(f"{self.name}: labels must lie in [0, {self.num_classes})")
+        if self.captions is not None and len(self.captions) != len(self.x):
+            raise DataError(f"{self.name}: {len(self.captions)} captions for {len(self.x)} samples")
         if self.noise is not None and self.noise.shape != self.x.shape:
             raise DataError(f"{self.name}: the paired noise has shape {tuple(self.noise.shape)}, the data "
                             f"{tuple(self.x.shape)}")
@@ -99,7 +102,7 @@ class Dataset:
         """JSON-serialisable description (for a model's config.json)."""
         names = None if self.class_names is None else list(self.class_names)
         return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "size": len(self),
-                "num_classes": self.num_classes, "class_names": names}
+                "num_classes": self.num_classes, "class_names": names, "captioned": self.captions is not None}
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int, device=None) -> torch.Tensor:
