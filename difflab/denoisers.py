@@ -104,6 +104,9 @@ class NetworkDenoiser(nn.Module):
             raise ValueError(f"unknown prediction {prediction!r}; choose from {PREDICTIONS}")
         self.net, self.prediction, self.sigma_data = net, prediction, sigma_data
         self.schedule = schedule if schedule is not None else EDM()
+        # std(t_max): what the network sees per unit of noise at pure noise (1 for a flow)
+        self.std_at_pure_noise = float(self.schedule.std(torch.tensor(self.schedule.t_max, dtype=torch.float64)))
+        self.reaches_pure_noise = math.isinf(self.schedule.sigma_max)
 
     def network_inputs(self, x, sigma):
         """(x_in, c_noise, alpha): what the network sees for a VE input x at noise level sigma. Rows
@@ -111,14 +114,15 @@ class NetworkDenoiser(nn.Module):
         and see x_in = std(t_max) x."""
         sigma = sigma.to(torch.float64)
         inf = torch.isinf(sigma)
-        if bool(inf.any()):
+        # checked where it costs no device synchronisation (and outside compiled graphs)
+        if not sigma.is_cuda and not torch.compiler.is_compiling() and bool(inf.any()):
             self._check_pure_noise()
         if self.prediction in ("edm", "consistency"):
             _, _, c_in = edm_coefficients(sigma, self.sigma_data)
             return x * append_dims(c_in, x.ndim).to(x.dtype), 0.25 * sigma.log(), None
         alpha = self.schedule.alpha_of_ve_sigma(sigma)
         c_noise = self.schedule.c_noise(sigma)
-        scale = torch.where(inf, self._std_at_pure_noise(), alpha)
+        scale = torch.where(inf, self.std_at_pure_noise, alpha)
         return x * append_dims(scale, x.ndim).to(x.dtype), c_noise, alpha
 
     def forward(self, x, sigma, **cond):
@@ -141,18 +145,15 @@ class NetworkDenoiser(nn.Module):
         # the finite formula on safe values where sigma = inf (so no NaN reaches a gradient), then
         # the limit there: x0 = (x_in - std u) / std for velocity, the output itself for x0
         x0 = x0_from_prediction(self.prediction, out, x, torch.where(inf, 1, s), torch.where(inf, 1, a))
-        if not bool(inf.any()):
+        if not self.reaches_pure_noise:  # no sigma = inf on this schedule
             return x0
-        std = self._std_at_pure_noise()
+        std = self.std_at_pure_noise
         return torch.where(inf, out if self.prediction == "x0" else (x_in - std * out) / std, x0)
-
-    def _std_at_pure_noise(self) -> float:
-        return float(self.schedule.std(torch.tensor(self.schedule.t_max, dtype=torch.float64)))
 
     def _check_pure_noise(self) -> None:
         """ValueError unless sigma = inf makes sense: a schedule that reaches pure noise (alpha = 0
         at t_max, a flow) and a prediction with a finite limit there (flow or x0)."""
-        if not math.isinf(self.schedule.sigma_max) or self.prediction not in ("flow", "x0"):
+        if not self.reaches_pure_noise or self.prediction not in ("flow", "x0"):
             raise ValueError(f"sigma = inf needs a model that reaches pure noise (a flow schedule with flow or "
                              f"x0 prediction); this one has {type(self.schedule).__name__} and {self.prediction!r}")
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .denoisers import append_dims, edm_coefficients
+from .nets.text import empty_caption
 from .schedules import Schedule
 
 __all__ = ["cfg", "dynamic_threshold", "classifier_guidance", "ClassLogProb", "classifier_inputs",
@@ -78,10 +79,12 @@ def dynamic_threshold(x0: torch.Tensor, p: float) -> torch.Tensor:
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
-def cfg(denoiser, scale: float, *, num_classes: int, null_label: int | None = None,
+def cfg(denoiser, scale: float, *, num_classes: int | None = None, null_label: int | None = None,
         interval: tuple[float, float] | None = None, threshold: float | None = None):
     """Classifier-free guidance as a Denoiser ``D_w(x, sigma, y)`` (Ho & Salimans 2022, eq. 6);
-    ``scale`` is one w or a (B,) tensor of them, one per sample.
+    ``scale`` is one w or a (B,) tensor of them, one per sample. The condition is class ids ``y``
+    (the null label is ``num_classes``) and/or caption tokens ``text`` (the null is the empty
+    caption, :func:`difflab.nets.text.empty_caption`).
 
     ``D_w = D(x|null) + w (D(x|y) - D(x|null))``: w = 1 is plain conditional, w = 0 unconditional
     (Ho & Salimans' w is our w - 1; since x0 = x - sigma eps is affine in eps, their eq. 6 on eps is
@@ -103,17 +106,28 @@ def cfg(denoiser, scale: float, *, num_classes: int, null_label: int | None = No
     if threshold is not None and not 0 < threshold <= 1:
         raise ValueError(f"the dynamic-thresholding percentile must lie in (0, 1], got {threshold}")
 
-    def guided(x, sigma, y=None):
+    def guided(x, sigma, y=None, text=None):
         sigma = _sigma_vector(sigma, x)
-        y = check_labels(y, num_classes, x.shape[0], x.device)
+        if y is None and text is None:
+            raise ValueError("class labels y are missing (and no caption tokens text): classifier-free guidance "
+                             "needs a condition")
+        if y is not None:
+            if num_classes is None:
+                raise ValueError("classifier-free guidance on class labels needs num_classes")
+            y = check_labels(y, num_classes, x.shape[0], x.device)
         w = torch.as_tensor(scale, device=x.device, dtype=torch.float64).reshape(-1).expand(x.shape[0])
         guide = w != 1
         if interval is not None:
             guide &= (sigma > interval[0]) & (sigma <= interval[1])
         idx = guide.nonzero().squeeze(1)
-        # One call: every sample conditionally, and again with the null label where it is guided.
-        out = denoiser(torch.cat([x, x[idx]]), torch.cat([sigma, sigma[idx]]),
-                       y=torch.cat([y, torch.full_like(y[idx], null_label)]))
+        # One call: every sample conditionally, and again with the null condition where it is guided.
+        cond = {}
+        if y is not None:
+            cond["y"] = torch.cat([y, torch.full_like(y[idx], null_label)])
+        if text is not None:
+            text = torch.as_tensor(text, device=x.device)
+            cond["text"] = torch.cat([text, empty_caption(text[idx])])
+        out = denoiser(torch.cat([x, x[idx]]), torch.cat([sigma, sigma[idx]]), **cond)
         x0, uncond = out[:x.shape[0]], out[x.shape[0]:]
         w_idx = append_dims(w[idx], x.ndim).to(x0.dtype)
         x0 = x0.index_copy(0, idx, uncond + w_idx * (x0[idx] - uncond))
@@ -160,16 +174,17 @@ def classifier_guidance(denoiser, log_prob_fn, scale: float, *, conditional_mode
     grad log p(x|y) = grad log p(x) + grad log p(y|x)). ``log_prob_fn(x, sigma, y) -> (B,)``, e.g.
     :func:`noisy_classifier_log_prob` or :func:`exact_log_prob`. ``conditional_model``: pass y to
     ``denoiser`` too (a class-conditional or CFG-guided model); else it is called as D(x, sigma).
+    Other keyword conditions (caption tokens) go to ``denoiser`` as they are.
     """
     if not math.isfinite(scale):
         raise ValueError(f"the classifier guidance scale must be a finite number, got {scale}")
 
-    def guided(x, sigma, y=None):
+    def guided(x, sigma, y=None, **cond):
         sigma = _sigma_vector(sigma, x)
         if y is None:
             raise ValueError("classifier guidance needs class labels y (pass cond={'y': ...} to the sampler)")
         y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(x.shape[0])
-        x0 = denoiser(x, sigma, y=y) if conditional_model else denoiser(x, sigma)
+        x0 = denoiser(x, sigma, y=y, **cond) if conditional_model else denoiser(x, sigma, **cond)
         if bool(torch.isinf(sigma).any()):  # pure noise (a flow's first step) says nothing of y: unguided
             return x0
         grad = _grad_log_prob(log_prob_fn, x, sigma, y)
@@ -230,28 +245,34 @@ def exact_log_prob(gmm) -> ClassLogProb:
 
 def guided_denoiser(model_denoiser, *, y, num_classes: int | None, guidance: float | None = None,
                     interval: tuple[float, float] | None = None, threshold: float | None = None,
-                    classifier: ClassLogProb | None = None, classifier_scale: float = 1.0):
-    """``(denoiser, cond)`` to pass to :func:`difflab.sample` for class(es) ``y``.
+                    classifier: ClassLogProb | None = None, classifier_scale: float = 1.0, text=None):
+    """``(denoiser, cond)`` to pass to :func:`difflab.sample` for class(es) ``y`` and/or caption
+    tokens ``text``.
 
     num_classes: the model's classes (None: an unconditional model, which only a classifier can guide).
     guidance: the classifier-free guidance scale w of :func:`cfg` (None: no CFG; the model is called
-        with y); ``interval`` and ``threshold`` are cfg's.
+        with y and text); ``interval`` and ``threshold`` are cfg's.
     classifier: a :class:`ClassLogProb` (:func:`difflab.training.load_classifier`'s second
         value, or :func:`exact_log_prob`) applied on top with ``classifier_scale``; its class count
         must match the model's.
-    ``cond`` is ``{"y": ids}`` (or None for an unguided unconditional model); a caller that samples
-    in batches slices ``cond["y"]`` with the batch.
+    ``cond`` holds ``y`` and ``text`` (None for an unguided unconditional model); a caller that
+    samples in batches slices its tensors with the batch.
     """
-    if num_classes is None and guidance is not None:
-        raise ValueError("classifier-free guidance needs a class-conditional model; this one is unconditional")
+    if num_classes is None and text is None and guidance is not None:
+        raise ValueError("classifier-free guidance needs a class-conditional model (or a text-conditional one); "
+                         "this one is unconditional")
     if classifier is not None:
         check_classes(num_classes, classifier.num_classes)
     n = num_classes if num_classes is not None else (classifier.num_classes if classifier else None)
-    if n is None:
-        if y is not None:
-            raise ValueError("this model is unconditional; class labels need a guidance classifier")
+    if n is None and y is not None:
+        raise ValueError("this model has no classes; class labels need a guidance classifier")
+    cond = {}
+    if n is not None:
+        cond["y"] = check_labels(y, n)
+    if text is not None:
+        cond["text"] = text
+    if not cond:
         return model_denoiser, None
-    y = check_labels(y, n)
     denoiser = model_denoiser
     if guidance is not None:
         denoiser = cfg(model_denoiser, guidance, num_classes=num_classes, interval=interval, threshold=threshold)
@@ -260,4 +281,4 @@ def guided_denoiser(model_denoiser, *, y, num_classes: int | None, guidance: flo
     if classifier is not None:
         denoiser = classifier_guidance(denoiser, classifier, classifier_scale,
                                        conditional_model=num_classes is not None)
-    return denoiser, {"y": y}
+    return denoiser, cond

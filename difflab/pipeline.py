@@ -20,7 +20,9 @@ from .denoisers import AutocastDenoiser, NetworkDenoiser
 from .guidance import check_labels, guided_denoiser
 from .samplers import LOGSNR_SAMPLERS, SAMPLERS, default_sigmas, generate
 from .schedules import karras_sigmas, loglinear_sigmas, make_schedule, time_uniform_sigmas
-from .training.checkpoint import CheckpointError, build_model
+from .nets.text import TextConfig, Tokenizer
+from .training.autoencoder import decode_latents, encode_dataset, load_autoencoder
+from .training.checkpoint import AUTOENCODER_DIR, CheckpointError, build_model, find_model_dir
 from .training.config import TrainConfig, native_sampling
 
 __all__ = ["TrainedModel", "load", "CheckpointError", "resolve_device", "resolve_dtype", "DTYPES",
@@ -67,8 +69,10 @@ def load(path, device=None, *, dtype=None, compile: bool = False) -> TrainedMode
     ValueError) for a missing, incomplete or corrupt directory."""
     device = resolve_device(device)
     net, config, info = build_model(path, device)
+    autoencoder = find_model_dir(path) / AUTOENCODER_DIR
     return TrainedModel(net, config, info["data_shape"], info["class_names"], info["data_kind"], info["step"],
-                        dtype=dtype, compile=compile)
+                        dtype=dtype, compile=compile,
+                        autoencoder=load_autoencoder(autoencoder, device) if autoencoder.is_dir() else None)
 
 
 class TrainedModel:
@@ -80,12 +84,22 @@ class TrainedModel:
     ``torch.compile`` of the network (CUDA graphs on a GPU, ``mode="reduce-overhead"``), for
     repeated batches of one shape. ``.denoiser`` itself is always the plain float32 denoiser
     (likelihoods and editing take gradients through it).
+
+    A latent model (Rombach et al. 2022) carries its ``autoencoder`` (the module and its metadata):
+    ``.data_shape`` is then the latent shape (the space of the denoiser and of ``noise``),
+    ``.image_shape`` the decoded one, and :meth:`sample` returns decoded images. A text-conditional
+    model has a ``.tokenizer``; ``sample(prompt=...)`` conditions on a caption.
     """
 
     def __init__(self, net: nn.Module, config: TrainConfig, data_shape, class_names=None,
-                 data_kind: str | None = None, step: int | None = None, *, dtype=None, compile: bool = False):
+                 data_kind: str | None = None, step: int | None = None, *, dtype=None, compile: bool = False,
+                 autoencoder=None):
         self.net, self.config = net.eval(), config
         self.data_shape = tuple(int(s) for s in data_shape)
+        self.autoencoder, self.autoencoder_meta = autoencoder if autoencoder is not None else (None, None)
+        self.image_shape = self.data_shape if autoencoder is None else tuple(self.autoencoder.image_shape)
+        text = config.net.get("text")
+        self.tokenizer = None if not text else Tokenizer(TextConfig.from_dict(text))
         self.class_names = None if class_names is None else tuple(class_names)
         self.data_kind = data_kind or ("image" if len(self.data_shape) == 3 else "points")
         self.step = step
@@ -198,8 +212,9 @@ class TrainedModel:
                y=None, guidance: float | None = None, classifier=None, classifier_scale: float = 1.0,
                batch_size: int | None = None, progress: bool = False, sigma_min: float | None = None,
                sigma_max: float | None = None, noise: torch.Tensor | None = None, schedule=DEFAULT_SCHEDULE,
-               callback=None, **options) -> torch.Tensor:
-        """n samples (on the CPU) in the data's shape; images are clamped to [-1, 1].
+               callback=None, prompt=None, **options) -> torch.Tensor:
+        """n samples (on the CPU) in the data's shape (decoded images for a latent model); images
+        are clamped to [-1, 1].
 
         Starts from x = sigma_max z and integrates along :meth:`sigmas` (``schedule``, ``steps``,
         ``sigma_min``, ``sigma_max``) with ``sampler`` and its ``options`` (e.g. ``eta=0.5`` for
@@ -216,7 +231,9 @@ class TrainedModel:
         through :func:`difflab.guidance.guided_denoiser`. ``callback``: the sampler's per-step
         callback. Draws happen in batches of ``batch_size`` (default: from the free memory on a
         GPU); the result is a function of (n, seed or noise, batch_size, sampler, options, sigmas,
-        y, guidance, classifier, classifier_scale).
+        y, prompt, guidance, classifier, classifier_scale). ``prompt``: a caption, or n of them,
+        for a text-conditional model (``guidance`` then guides towards it, against the empty
+        caption; Nichol et al. 2022).
         """
         if n < 1:
             raise CheckpointError(f"need n >= 1, got n={n}")
@@ -234,6 +251,7 @@ class TrainedModel:
                                   f"got {tuple(noise.shape)}")
         sigmas = self.sigmas(steps, schedule, sigma_min, sigma_max, sampler)
         labels = self.labels(y, n, classifier)
+        text = self.prompt_tokens(prompt, n)
         if self.config.net.get("guidance_embedding"):
             # a guidance-distilled student takes the scale as an input: one call per step
             if classifier is not None:
@@ -244,7 +262,7 @@ class TrainedModel:
             try:
                 denoiser, cond = guided_denoiser(self.sampling_denoiser(), y=labels, num_classes=self.num_classes,
                                                  guidance=guidance, classifier=classifier,
-                                                 classifier_scale=classifier_scale)
+                                                 classifier_scale=classifier_scale, text=text)
             except ValueError as e:
                 raise CheckpointError(str(e)) from e
         gen = torch.Generator(self.device)
@@ -255,7 +273,36 @@ class TrainedModel:
         batch_size = batch_size or self.auto_batch_size(n, guided=guidance is not None and "w" not in (cond or {}))
         x = generate(denoiser, self.data_shape, n, sigmas, sampler, noise=noise, generator=gen, cond=cond,
                      batch_size=batch_size, progress=progress, callback=callback, **options)
+        if self.autoencoder is not None:
+            x = self.decode(x)
         return x.clamp(-1, 1) if self.data_kind == "image" else x
+
+    def prompt_tokens(self, prompt, n: int) -> torch.Tensor | None:
+        """The caption tokens (n, L) of ``prompt`` (one caption for all, or n of them); None without a
+        prompt. A text-conditional model needs one; CheckpointError for unknown words."""
+        if self.tokenizer is None:
+            if prompt is not None:
+                raise CheckpointError("this model is not text-conditional; it takes no prompt")
+            return None
+        if prompt is None:
+            raise CheckpointError("this model is text-conditional: give a prompt (a caption)")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if len(prompts) not in (1, n):
+            raise CheckpointError(f"give one prompt or {n} of them, got {len(prompts)}")
+        try:
+            tokens = self.tokenizer.encode(prompts)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
+        return tokens.expand(n, -1) if len(prompts) == 1 else tokens
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """A latent model's latents of images (B, *image_shape) in [-1, 1] (posterior means times the
+        scale factor), on the model's device."""
+        return encode_dataset(self.autoencoder, images.to(self.device), self.autoencoder_meta["scale_factor"])
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images (on the CPU) of a latent model's latents."""
+        return decode_latents(self.autoencoder, latents.to(self.device), self.autoencoder_meta["scale_factor"]).cpu()
 
 
 def _read_sigmas(path) -> list:

@@ -20,7 +20,7 @@ SAMPLER = "dpmpp_2m_sde"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="train a small digits model and draw figures (about 5 minutes on CPU)",
+    p = sub.add_parser("demo", help="train a small digits model and draw figures (about 100 s on 2 CPU cores)",
                        description="Train the digits-small preset, then write samples, the forward and "
                        "reverse processes, a sampler comparison and FD / accuracy numbers.")
     p.add_argument("--out", default="difflab-demo", metavar="DIR", help="output folder (default: %(default)s)")

@@ -72,11 +72,20 @@ def run(args) -> None:
     model = load_model(args, args.model_dir)
     if model.data_kind != "image":
         raise UserError(f"edit needs an image model; {args.model_dir} was trained on {model.config.data!r} points")
-    x = _edit_inputs(args, model.data_shape).to(model.device)
+    latent = model.autoencoder is not None
+    if latent and args.editor in ("ilvr", "ddrm"):
+        raise UserError(f"{args.editor} restores pixels through a linear operator, but this latent model denoises "
+                        "latents; use inpaint, sdedit or invert (docs/latent.md)")
+    x = _edit_inputs(args, model.image_shape).to(model.device)
     sigmas = model.sigmas(args.steps, args.schedule, sampler=getattr(args, "sampler", None))
     gen = torch.Generator(model.device).manual_seed(args.seed)
+    # a latent model edits the latents of the images (masks pooled to the latent grid) and decodes
+    args.latent_factor = model.image_shape[-1] // model.data_shape[-1] if latent else 1
     with torch.inference_mode():
-        rows, names = _EDITORS[args.editor](model.sampling_denoiser(), x, sigmas, gen, args)
+        rows, names = _EDITORS[args.editor](model.sampling_denoiser(), model.encode(x) if latent else x, sigmas,
+                                            gen, args)
+        if latent:
+            rows = [x] + [model.decode(r).to(x.device) for r in rows[1:]]
     scale = max(1, -(-EDIT_TILE_PX // min(x.shape[-2:])))  # small images (digits) are upscaled
     imageio.save_grid(torch.cat(rows).clamp(-1, 1).cpu(), args.out, nrow=len(x), scale=scale)
     print(f"wrote {args.out} (rows: {' | '.join(names)})")
@@ -102,23 +111,28 @@ def _edit_inputs(args, shape):
 
 def _edit_mask(args, x, gen):
     """Boolean mask broadcasting to x, True where the pixel is known and kept: --mask (white = keep),
-    else --mask-kind center (the middle half of each side generated) or random (half the pixels)."""
+    else --mask-kind center (the middle half of each side generated) or random (half the pixels).
+    For a latent model (x latents, ``args.latent_factor`` f > 1) the pixel mask is made at f times
+    x's size and a latent cell is known where all its f x f pixels are."""
     import torch
+    import torch.nn.functional as F
 
     from ..io import images as imageio
 
-    h, w = x.shape[-2:]
+    f = getattr(args, "latent_factor", 1)
+    h, w = x.shape[-2] * f, x.shape[-1] * f
     if args.mask is not None:
         mask = imageio.load_image(args.mask, channels=1)
         if mask.shape[-2:] != (h, w):
             raise UserError(f"the mask {args.mask} is {mask.shape[-1]}x{mask.shape[-2]} pixels but the "
                             f"images are {w}x{h}")
-        return (mask > 0)[None].to(x.device)
-    if args.mask_kind == "random":
-        return torch.rand((len(x), 1, h, w), generator=gen, device=x.device) < 0.5
-    keep = torch.ones((1, 1, h, w), dtype=torch.bool, device=x.device)
-    keep[..., h // 4:h - h // 4, w // 4:w - w // 4] = False
-    return keep
+        keep = (mask > 0)[None].to(x.device)
+    elif args.mask_kind == "random":
+        keep = torch.rand((len(x), 1, h, w), generator=gen, device=x.device) < 0.5
+    else:
+        keep = torch.ones((1, 1, h, w), dtype=torch.bool, device=x.device)
+        keep[..., h // 4:h - h // 4, w // 4:w - w // 4] = False
+    return keep if f == 1 else F.avg_pool2d(keep.float(), f) == 1
 
 
 def _sampler_option(args) -> dict:

@@ -3,7 +3,8 @@
 Every command has `--help`. Exit status: 0 on success, 2 with one line `difflab: error: ...` on a
 user error (bad options, a missing model directory, unreadable data: the library raises ValueError
 subclasses for those, caught here); genuine bugs still show their traceback. Each command module
-(`train`, `sample`, `reflow`, `distill`, `edit`, `info`, `evaluate`, `bench`, `demo`) has ``add_parser(sub)`` and
+(`train`, `train_autoencoder`, `sample`, `reflow`, `distill`, `edit`, `info`, `evaluate`, `bench`,
+`demo`) has ``add_parser(sub)`` and
 imports torch and the library only inside the command, so building the parser and printing help
 take no more than Python's start-up.
 """
@@ -14,7 +15,7 @@ import os
 import sys
 
 from ..version import __version__
-from . import bench, demo, distill, edit, evaluate, info, reflow, sample, train
+from . import bench, demo, distill, edit, evaluate, info, reflow, sample, train, train_autoencoder
 
 PROG = "difflab"
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     train.add_parser(sub)
     sample.add_parser(sub)
+    train_autoencoder.add_parser(sub)
     reflow.add_parser(sub)
     distill.add_parser(sub, _Parser)
     edit.add_parser(sub, _Parser)

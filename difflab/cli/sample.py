@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, metavar="FILE.png", help="PNG file (a grid of images, or a scatter plot of 2-D points)")
     p.add_argument("--npz", type=Path, metavar="FILE", help="also save the samples as .npz")
     p.add_argument("--class", dest="class_id", type=int, metavar="C", help="class id (conditional models)")
+    p.add_argument("--prompt", metavar="TEXT", help='a caption, e.g. "red circle top left" (text-conditional models)')
     p.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale (1: plain conditional)")
     p.add_argument("--classifier", type=Path, metavar="CLS_DIR", help="classifier guidance with a classifier from "
                    "'difflab train-classifier' (unconditional models too)")
@@ -44,7 +45,8 @@ def run(args) -> None:
     classifier = _guidance_classifier(args.classifier, args.classifier_scale, model.device)
     x = model.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, y=args.class_id,
                      guidance=args.guidance, classifier=classifier, classifier_scale=args.classifier_scale or 1.0,
-                     batch_size=args.batch_size, progress=True, schedule=args.schedule, **sampler_options(args))
+                     batch_size=args.batch_size, progress=True, schedule=args.schedule, prompt=args.prompt,
+                     **sampler_options(args))
     if args.out is not None:
         if x.ndim == 4:
             imageio.save_grid(x, args.out)

@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", nargs="?", const="default", choices=("none", "default", "reduce-overhead",
                    "max-autotune"), metavar="MODE", help="torch.compile the training step's forward and "
                    "backward (MODE: default; reduce-overhead = CUDA graphs on a GPU; none)")
+    p.add_argument("--autoencoder", type=Path, metavar="AE_DIR", help="train on this autoencoder's latents "
+                   "(latent diffusion; from 'difflab train-autoencoder')")
     p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.set_defaults(func=run)
 
@@ -63,7 +65,8 @@ def run(args) -> None:
         raise UserError("give --preset NAME or --config FILE.toml (or --resume to continue a run)")
     overrides = dict(parse_set(item) for item in args.set)
     flags = {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-             "cond_drop": args.cond_drop, "compile": args.compile}
+             "cond_drop": args.cond_drop, "compile": args.compile,
+             "autoencoder": None if args.autoencoder is None else str(args.autoencoder.resolve())}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     model_dir = train(config.replace(**overrides), args.out, resume=args.resume, device=args.device)
     print(f"model saved in {model_dir}")

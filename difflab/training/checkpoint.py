@@ -18,6 +18,7 @@ unpickles nothing but tensors and plain data. :mod:`difflab.pipeline` loads a di
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,10 +30,11 @@ from ..io import atomic
 from ..nets import build_network
 from .config import TrainConfig
 
-__all__ = ["CheckpointError", "MODEL_DIR", "save_checkpoint", "recover", "find_model_dir", "read_config",
+__all__ = ["CheckpointError", "MODEL_DIR", "AUTOENCODER_DIR", "save_checkpoint", "recover", "find_model_dir", "read_config",
            "read_training_state", "load_weights", "build_model"]
 
 MODEL_DIR = "model"
+AUTOENCODER_DIR = "autoencoder"  # inside a latent model's directory
 
 
 class CheckpointError(ValueError):
@@ -49,11 +51,14 @@ def _state_bytes(module: nn.Module, step: int) -> bytes:
 
 
 def save_checkpoint(out_dir, config: TrainConfig, model: nn.Module, ema: nn.Module | None,
-                    optimizer: torch.optim.Optimizer, step: int, extra: dict | None = None) -> Path:
+                    optimizer: torch.optim.Optimizer, step: int, extra: dict | None = None,
+                    autoencoder=None) -> Path:
     """Write the model directory ``out_dir/model`` atomically and return its path.
 
     ``extra["data"]`` (a ``Dataset.info()`` dict) fills config.json's data fields; every other
-    key of ``extra`` (plain data and tensors) is stored in training_state.pt.
+    key of ``extra`` (plain data and tensors) is stored in training_state.pt. ``autoencoder``: the
+    directory of a latent model's autoencoder, copied into ``model/autoencoder`` so that the model
+    directory is complete by itself.
     """
     from ..version import __version__
 
@@ -72,6 +77,8 @@ def save_checkpoint(out_dir, config: TrainConfig, model: nn.Module, ema: nn.Modu
         if ema is not None:
             (tmp / "ema.safetensors").write_bytes(_state_bytes(ema, step))
         torch.save(state, tmp / "training_state.pt")
+        if autoencoder is not None:
+            shutil.copytree(Path(autoencoder), tmp / AUTOENCODER_DIR)
     return final
 
 

@@ -25,13 +25,15 @@ from pathlib import Path
 import torch
 
 from ..io import atomic
-from ..nets import UNET_PRESETS, MLPConfig
+from ..nets import UNET_PRESETS, DiTConfig, MLPConfig, UNetConfig
+from ..nets.text import TextConfig
 from ..samplers import SAMPLERS
 from ..schedules import EDM, DiscreteVP, Flow, consistency_sigmas, make_schedule
+from .data import SHAPES_TEXT_VOCAB
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "save_config", "config_from_dict", "native_sampling"]
 
-NETWORKS = ("unet", "mlp")
+NETWORKS = ("unet", "dit", "mlp")
 TRAIN_PREDICTIONS = ("eps", "x0", "v", "flow", "edm", "consistency")
 WEIGHTINGS = ("uniform", "min_snr", "edm")
 PRECISIONS = ("fp32", "bf16")
@@ -41,6 +43,8 @@ TIME_SAMPLINGS = ("default", "uniform", "logit_normal")
 COUPLINGS = ("independent", "ot", "pairs")
 OBJECTIVES = ("denoising", "progressive", "consistency", "guided")
 _DICT_FIELDS = ("net", "schedule", "distill", "native")
+#: Presets of latent models: they train on the latents of an autoencoder given as --autoencoder DIR.
+LATENT_PRESETS = {"digits-latent": "digits-ae", "shapes-text": "shapes-ae"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,12 @@ class TrainConfig:
     2023; without a teacher: consistency training, Song & Dhariwal 2024) or ``guided`` (Meng et al.
     2023) -- with its options in the ``distill`` table. ``native``: the sampler and sigmas that
     ``TrainedModel.sample`` uses when none are given (a distilled student's own).
+
+    ``autoencoder``: an autoencoder directory (``difflab train-autoencoder``): the model is trained
+    on the data's latents (latent diffusion, Rombach et al. 2022), and its directory holds a copy of
+    the autoencoder, which decodes its samples. A text-conditional model is a network whose config
+    has a ``text`` entry (a :class:`~difflab.nets.text.TextConfig`) on captioned data; ``cond_drop``
+    is then also the caption dropout.
     """
 
     preset: str = "custom"
@@ -123,6 +133,7 @@ class TrainConfig:
     teacher: str | None = None
     distill: dict = field(default_factory=dict)
     native: dict = field(default_factory=dict)
+    autoencoder: str | None = None
 
     def __post_init__(self):
         for name, hint in _hints().items():
@@ -271,8 +282,9 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(f"TrainConfig.cond_drop must lie in [0, 1), got {c.cond_drop}")
     if c.num_classes is not None and c.num_classes < 1:
         raise ValueError(f"TrainConfig.num_classes must be positive or None, got {c.num_classes}")
-    if c.cond_drop > 0 and c.num_classes is None:
-        raise ValueError("TrainConfig.cond_drop needs a class-conditional model (set num_classes)")
+    if c.cond_drop > 0 and c.num_classes is None and not c.net.get("text"):
+        raise ValueError("TrainConfig.cond_drop needs a class-conditional model (set num_classes) or a "
+                         "text-conditional one")
     if c.sample_sampler not in SAMPLERS:
         raise ValueError(f"TrainConfig.sample_sampler {c.sample_sampler!r} is not one of {', '.join(SAMPLERS)}")
     try:
@@ -345,6 +357,25 @@ def _presets() -> dict[str, TrainConfig]:
             lr=3e-3, warmup_steps=100, batch_size=512, steps=2000, ema_decay=0.995,
             ckpt_every=1000, sample_every=1000, log_every=20),
         "digits-flow": digits.replace(preset="digits-flow", **flow),
+        # A Diffusion Transformer on the digits' pixels: 2x2 patches, 16 tokens (Peebles & Xie 2023).
+        "digits-dit": digits.replace(
+            preset="digits-dit", network="dit", lr=1e-3, lr_decay="cosine",
+            net=DiTConfig(in_channels=1, resolution=8, patch_size=2, hidden=128, depth=4, num_heads=4).to_dict()),
+        # Latent diffusion (Rombach et al. 2022): the digits UNet's shape on the 4x4x2 latents of a
+        # digits-ae autoencoder (difflab train-autoencoder --preset digits-ae; pass --autoencoder DIR).
+        "digits-latent": digits.replace(
+            preset="digits-latent", lr_decay="cosine",
+            net=UNetConfig(in_channels=2, resolution=4, base_channels=32, channel_mult=(1, 2), num_res_blocks=2,
+                           attn_resolutions=(2,), num_heads=2, dropout=0.0).to_dict()),
+        # Text to image at toy scale: a latent DiT with a caption encoder and cross-attention on the
+        # 8x8x4 latents of a shapes-ae autoencoder, caption dropout 0.1 for guidance.
+        "shapes-text": TrainConfig(
+            preset="shapes-text", data="shapes-text", network="dit", **edm, lr=5e-4, warmup_steps=200,
+            lr_decay="cosine", batch_size=128, steps=6000, ema_decay=0.999, cond_drop=0.1, ckpt_every=1000,
+            sample_every=1000, log_every=50,
+            net=DiTConfig(in_channels=4, resolution=8, patch_size=2, hidden=192, depth=6, num_heads=6,
+                          text=TextConfig(vocab=SHAPES_TEXT_VOCAB, max_words=4, dim=128, depth=2,
+                                          num_heads=4).to_dict()).to_dict()),
         # Consistency training without a teacher (Song & Dhariwal 2024): pseudo-Huber loss,
         # discretisation curriculum 10 -> 1280 levels, lognormal choice of the level; samples
         # natively in 2 steps of multistep consistency sampling.

@@ -1,4 +1,5 @@
-"""Data sets: built-in (digits, shapes, 2-D toys) and user data (image folders, .npy / .npz).
+"""Data sets: built-in (digits, shapes, captioned shapes-text, 2-D toys) and user data (image folders,
+.npy / .npz).
 
 Everything is held in memory as one `Dataset`: images are float32 `(N, C, H, W)` in [-1, 1],
 points float32 `(N, D)`, labels int64 `(N,)` or None. `load_dataset(spec)` is the one entry point;
@@ -26,7 +27,7 @@ from ..io.images import DataError
 
 
 SPLITS = ("train", "test")
-DEFAULT_SIZE = {"train": 10_000, "test": 1_000}  # generated sets (toys, shapes)
+DEFAULT_SIZE = {"train": 10_000, "test": 1_000}  # generated sets (toys, shapes, shapes-text)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 RANGE_TOLERANCE = 1e-3  # float images may exceed [-1, 1] by rounding error, not more
 
@@ -286,19 +287,12 @@ def _shape_sdf(kind: np.ndarray, u: np.ndarray, v: np.ndarray, r: np.ndarray) ->
     return np.select([kind == k for k in range(len(SHAPE_KINDS))], [sdf[k] for k in SHAPE_KINDS])
 
 
-def _shapes(split: str, size: int | None, seed: int, resolution: int = 32) -> Dataset:
-    """Coloured shapes (`SHAPE_KINDS`, label = kind) of random size, position, rotation and colour
-    on a plain background of a clearly different colour (RGB distance >= 0.5), rendered with
-    analytic anti-aliasing: coverage = clip(1/2 - sdf, 0, 1), sdf in pixels.
+def _render_shapes(kind, r, centre, angle, fg, bg, resolution: int) -> np.ndarray:
+    """Images (n, 3, res, res) of `_shape_sdf` shapes (radius `r`, `centre` (n, 2) as (x, y) from the
+    top left, all in units of the image side) rotated by `angle`, colour `fg` (n, 3) over `bg`, with
+    analytic anti-aliasing: coverage = clip(1/2 - sdf, 0, 1), sdf in pixels. Values in [0, 1].
     """
-    rng, n = _split_rng(seed, split), size or DEFAULT_SIZE[split]
-    kind = rng.integers(0, len(SHAPE_KINDS), n)
-    r = rng.uniform(5 / 32, 13 / 32, n)  # radius, in units of the image side
-    centre = rng.uniform(r + 1 / 32, 1 - r - 1 / 32, (2, n)).T
-    angle = rng.uniform(0, 2 * math.pi, n)
-    fg, bg = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
-    while (close := np.linalg.norm(fg - bg, axis=1) < 0.5).any():
-        bg[close] = rng.uniform(0, 1, (close.sum(), 3))
+    n = len(kind)
     pixel = (np.arange(resolution) + 0.5) / resolution
     images = np.empty((n, 3, resolution, resolution), np.float32)
     for s in range(0, n, 1000):  # in chunks, to bound the memory of the (chunk, H, W) temporaries
@@ -310,11 +304,75 @@ def _shapes(split: str, size: int | None, seed: int, resolution: int = 32) -> Da
         sdf = _shape_sdf(kind[c, None, None], u, v, r[c, None, None]) * resolution
         alpha = np.clip(0.5 - sdf, 0, 1)[:, None]
         images[c] = fg[c, :, None, None] * alpha + bg[c, :, None, None] * (1 - alpha)
-    x = torch.from_numpy(images) * 2 - 1
+    return images
+
+
+def _shapes(split: str, size: int | None, seed: int, resolution: int = 32) -> Dataset:
+    """Coloured shapes (`SHAPE_KINDS`, label = kind) of random size, position, rotation and colour
+    on a plain background of a clearly different colour (RGB distance >= 0.5), rendered with
+    analytic anti-aliasing (`_render_shapes`).
+    """
+    rng, n = _split_rng(seed, split), size or DEFAULT_SIZE[split]
+    kind = rng.integers(0, len(SHAPE_KINDS), n)
+    r = rng.uniform(5 / 32, 13 / 32, n)  # radius, in units of the image side
+    centre = rng.uniform(r + 1 / 32, 1 - r - 1 / 32, (2, n)).T
+    angle = rng.uniform(0, 2 * math.pi, n)
+    fg, bg = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
+    while (close := np.linalg.norm(fg - bg, axis=1) < 0.5).any():
+        bg[close] = rng.uniform(0, 1, (close.sum(), 3))
+    x = torch.from_numpy(_render_shapes(kind, r, centre, angle, fg, bg, resolution)) * 2 - 1
     return Dataset(x, torch.from_numpy(kind).long(), len(SHAPE_KINDS), "shapes", SHAPE_KINDS)
 
 
-BUILTINS = ("digits", "shapes", *TOY_SETS)
+SHAPES_TEXT_COLORS = {
+    "red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0), "white": (1.0, 1.0, 1.0),
+}
+SHAPES_TEXT_SHAPES = SHAPE_KINDS[:3]  # ("circle", "square", "triangle"): the first kinds of _shape_sdf
+SHAPES_TEXT_POSITIONS = ("top left", "top right", "bottom left", "bottom right", "center")
+SHAPES_TEXT_CAPTIONS = tuple(  # the caption of label (color * 3 + shape) * 5 + position
+    f"{c} {s} {p}" for c in SHAPES_TEXT_COLORS for s in SHAPES_TEXT_SHAPES for p in SHAPES_TEXT_POSITIONS
+)
+# red ... white, circle square triangle, top left right bottom center
+SHAPES_TEXT_VOCAB = tuple(dict.fromkeys(
+    [*SHAPES_TEXT_COLORS, *SHAPES_TEXT_SHAPES, *" ".join(SHAPES_TEXT_POSITIONS).split()]
+))
+SHAPES_TEXT_RADIUS = (4 / 32, 6 / 32)  # the range of the circumradius r, in units of the image side
+SHAPES_TEXT_JITTER = 1 / 32  # the largest offset of a shape's centre from its position, per coordinate
+_POSITION_CENTRES = np.array([(0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75), (0.5, 0.5)])
+
+
+def _shapes_text(split: str, size: int | None, seed: int, resolution: int = 32) -> Dataset:
+    """One filled shape on black, captioned exactly "<color> <shape> <position>" ("red circle top
+    left", "blue triangle center"), for text-to-image models.
+
+    Colour: a pure `SHAPES_TEXT_COLORS` colour (1 for a full pixel, times the coverage at the edges).
+    Shape: an axis-aligned circle of radius r, square of half side r / sqrt 2, or upright
+    equilateral triangle of circumradius r (`_shape_sdf`); each fits in the circle of radius r about
+    its centre, and fills pi/4, 1 and 1/2 of its bounding box. r ~ U(`SHAPES_TEXT_RADIUS`) =
+    U(1/8, 3/16) of the image side (4 to 6 pixels at 32 x 32).
+    Position: the centre of the named quadrant, (1/4 or 3/4, 1/4 or 3/4) from the top left, or of
+    the image, (1/2, 1/2), plus a jitter ~ U(-1/32, 1/32) per coordinate (`SHAPES_TEXT_JITTER`);
+    r + jitter <= 7/32 keeps every shape 1/32 of the side inside its quadrant.
+    The 75 combinations are balanced exactly (their counts differ by at most one) and shuffled.
+    Label y = (color * 3 + shape) * 5 + position in the order of the constants, so class_names[y]
+    (`SHAPES_TEXT_CAPTIONS[y]`) is the caption and the set also serves class-conditional models.
+    """
+    rng, n = _split_rng(seed, split), size or DEFAULT_SIZE[split]
+    label = rng.permutation(np.arange(n) % len(SHAPES_TEXT_CAPTIONS))
+    colour, kind, position = np.unravel_index(
+        label, (len(SHAPES_TEXT_COLORS), len(SHAPES_TEXT_SHAPES), len(SHAPES_TEXT_POSITIONS))
+    )
+    r = rng.uniform(*SHAPES_TEXT_RADIUS, n)
+    centre = _POSITION_CENTRES[position] + rng.uniform(-SHAPES_TEXT_JITTER, SHAPES_TEXT_JITTER, (n, 2))
+    fg = np.array(list(SHAPES_TEXT_COLORS.values()))[colour]
+    images = _render_shapes(kind, r, centre, np.zeros(n), fg, np.zeros((n, 3)), resolution)
+    captions = tuple(SHAPES_TEXT_CAPTIONS[k] for k in label)
+    x, y = torch.from_numpy(images) * 2 - 1, torch.from_numpy(label).long()
+    return Dataset(x, y, len(SHAPES_TEXT_CAPTIONS), "shapes-text", SHAPES_TEXT_CAPTIONS, captions=captions)
+
+
+BUILTINS = ("digits", "shapes", "shapes-text", *TOY_SETS)
 
 
 # --- User data -----------------------------------------------------------------------------------
@@ -434,7 +492,8 @@ def _array_to_tensor(x: np.ndarray, path: Path) -> torch.Tensor:
 
 
 def _conform(ds: Dataset, resolution: int | None, channels: int | None) -> Dataset:
-    """Resize / convert an image data set to the requested resolution and channels."""
+    """Resize / convert an image data set to the requested resolution and channels (labels and
+    captions kept)."""
     if ds.kind == "points":
         if resolution is not None or channels is not None:
             raise DataError(f"{ds.name} is a set of points; resolution and channels apply to images only")
@@ -458,12 +517,14 @@ def load_dataset(
     """Load a built-in data set (a name in `BUILTINS`) or user data (a folder, .npy or .npz path).
 
     split: "train" or "test" for built-ins; user data is all "train" (pass a test set's own path).
-    resolution: images are resized (shorter side) and centre-cropped to resolution^2.
+    resolution: images are resized (shorter side) and centre-cropped to resolution^2; shapes and
+        shapes-text are rendered at it (default 32).
     channels: 1 (grayscale) or 3 (RGB); default: as stored (folders: 1 if every file is gray).
-    size: generated sets (toys, shapes) have this many samples (default 10,000 train / 1,000
-        test); stored sets are reduced to a random subset of at most this many.
-    seed: the generated samples (toys, shapes) and the subset chosen by `size`.
-    Raises DataError for an unknown name, a missing or unreadable path, or invalid contents.
+    size: generated sets (toys, shapes, shapes-text) have this many samples (default 10,000 train /
+        1,000 test); stored sets are reduced to a random subset of at most this many.
+    seed: the generated samples (toys, shapes, shapes-text) and the subset chosen by `size`.
+    Raises DataError for an unknown name, a missing or unreadable path, invalid contents, or
+    shapes-text in one channel (its captions name colours).
     """
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -479,6 +540,10 @@ def load_dataset(
         ds = _digits(split, size, seed)
     elif spec == "shapes":
         ds = _shapes(split, size, seed, resolution or 32)
+    elif spec == "shapes-text":
+        if channels == 1:
+            raise DataError("shapes-text captions name colours; load it with 3 channels, not 1")
+        ds = _shapes_text(split, size, seed, resolution or 32)
     else:
         path = Path(spec).expanduser()
         if not path.exists():

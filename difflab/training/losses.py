@@ -17,10 +17,11 @@ import torch
 
 from ..denoisers import NetworkDenoiser, append_dims, edm_coefficients, prediction_from_x0
 from ..likelihood.learned import hybrid_vlb_term
+from ..nets.text import empty_caption
 from ..schedules import EDM, DiscreteVP, Schedule
 
 __all__ = ["sample_training_sigmas", "x0_output_scale", "x0_weight", "loss_weight", "draw_noise",
-           "drop_labels", "ot_pairing", "denoising_loss", "diffusion_loss"]
+           "drop_labels", "drop_captions", "ot_pairing", "denoising_loss", "diffusion_loss"]
 
 
 def sample_training_sigmas(schedule: Schedule, n: int, generator: torch.Generator | None = None, *,
@@ -125,6 +126,15 @@ def ot_pairing(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     cost = torch.cdist(a, b).square().numpy()
     rows, cols = linear_sum_assignment(cost)
     return torch.as_tensor(cols[rows.argsort()], device=x0.device)
+
+
+def drop_captions(tokens, cond_drop: float, generator=None):
+    """Replace each caption by the empty one ([BOS] and padding) with probability ``cond_drop``:
+    caption dropout, the text version of :func:`drop_labels` (Nichol et al. 2022, sec. 3.2)."""
+    if tokens is None or cond_drop <= 0:
+        return tokens
+    drop = torch.rand(tokens.shape[0], generator=generator, device=tokens.device) < cond_drop
+    return torch.where(drop[:, None], empty_caption(tokens), tokens)
 
 
 def draw_noise(schedule: Schedule, x0: torch.Tensor, y, config, generator=None, paired_noise=None):

@@ -27,7 +27,7 @@ from ..guidance import cfg
 from ..samplers.stepping import heun_step
 from ..schedules import consistency_grid, make_schedule
 from .checkpoint import build_model
-from .losses import denoising_loss, draw_noise, drop_labels
+from .losses import denoising_loss, draw_noise, drop_captions, drop_labels
 
 __all__ = ["Objective", "Denoising", "Progressive", "Consistency", "Guided", "make_objective", "load_teacher",
            "ddim_step", "progressive_target", "guided_target", "ct_discretisation", "pseudo_huber"]
@@ -40,19 +40,24 @@ def load_teacher(path, device) -> NetworkDenoiser:
     return NetworkDenoiser(net, make_schedule(config.schedule), config.prediction, config.sigma_data)
 
 
-def _cond(y, **extra) -> dict:
-    return {k: v for k, v in {"y": y, **extra}.items() if v is not None}
+def _cond(y, text=None) -> dict:
+    return {k: v for k, v in {"y": y, "text": text}.items() if v is not None}
 
 
 class Objective:
-    """``draw(x0, y, paired_noise, generator, step) -> dict`` of tensors with the batch first;
-    ``loss(batch) -> (mean, per-sample losses)`` on any slice of it."""
+    """``draw(x0, y, paired_noise, generator, step, text=None) -> dict`` of tensors with the batch
+    first (``text``: caption tokens of a text-conditional model); ``loss(batch) -> (mean, per-sample
+    losses)`` on any slice of it."""
 
     def __init__(self, student: NetworkDenoiser, config):
         self.student, self.config = student, config
 
-    def draw(self, x0, y, paired, generator, step: int) -> dict:
+    def draw(self, x0, y, paired, generator, step: int, text=None) -> dict:
         raise NotImplementedError
+
+    def _drop_text(self, text, generator):
+        """Caption dropout, drawn after everything else so label-only runs keep their random stream."""
+        return drop_captions(text, self.config.cond_drop, generator)
 
     def loss(self, batch: dict):
         raise NotImplementedError
@@ -61,13 +66,14 @@ class Objective:
 class Denoising(Objective):
     """The denoising loss (:func:`difflab.training.losses.denoising_loss`)."""
 
-    def draw(self, x0, y, paired, generator, step):
+    def draw(self, x0, y, paired, generator, step, text=None):
         sigma, noise, y = draw_noise(self.student.schedule, x0, y, self.config, generator, paired)
-        return {"x0": x0, "sigma": sigma, "noise": noise, "y": y}
+        return {"x0": x0, "sigma": sigma, "noise": noise, "y": y, "text": self._drop_text(text, generator)}
 
     def loss(self, b):
+        extra = {k: b[k] for k in ("w", "text") if b.get(k) is not None}
         return denoising_loss(self.student, b["x0"], b["sigma"], b["noise"], b.get("y"), self.config,
-                              extra_cond={"w": b["w"]} if "w" in b else None)
+                              extra_cond=extra or None)
 
 
 def ddim_step(x, x0_hat, sigma, sigma_next):
@@ -110,7 +116,7 @@ class Progressive(Objective):
             raise ValueError("progressive distillation needs the teacher's grid: 2K + 1 decreasing sigmas ending at 0")
         self.grid = grid
 
-    def draw(self, x0, y, paired, generator, step):
+    def draw(self, x0, y, paired, generator, step, text=None):
         grid = self.grid.to(x0.device)
         k = len(grid) // 2
         i = torch.randint(0, k, (x0.shape[0],), generator=generator, device=x0.device)
@@ -120,10 +126,11 @@ class Progressive(Objective):
         x = torch.where(torch.isinf(s), noise, x0 + s * noise)
         null = self.config.num_classes if self.config.num_classes is not None else -1
         y = drop_labels(y, self.config.cond_drop, null, generator)
-        target = progressive_target(self.teacher, x, sigma, sigma_mid, sigma_next, _cond(y))
+        text = self._drop_text(text, generator)
+        target = progressive_target(self.teacher, x, sigma, sigma_mid, sigma_next, _cond(y, text))
         # the noise that puts the target at x: x = target + sigma n (n = x itself at sigma = inf)
         n = torch.where(torch.isinf(s), x, (x - target) / torch.where(torch.isinf(s), 1, s))
-        return {"x0": target, "sigma": sigma, "noise": n, "y": y}
+        return {"x0": target, "sigma": sigma, "noise": n, "y": y, "text": text}
 
     loss = Denoising.loss
 
@@ -176,7 +183,7 @@ class Consistency(Objective):
         cdf = torch.erf((sigmas.log() - self.P_mean) / (math.sqrt(2) * self.P_std))
         return cdf[1:] - cdf[:-1]
 
-    def draw(self, x0, y, paired, generator, step):
+    def draw(self, x0, y, paired, generator, step, text=None):
         sigmas = self._levels(step).to(x0.device)
         p = self._index_probabilities(sigmas.cpu()).to(x0.device)
         i = torch.multinomial(p, x0.shape[0], replacement=True, generator=generator)
@@ -184,20 +191,21 @@ class Consistency(Objective):
         z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         null = self.config.num_classes if self.config.num_classes is not None else -1
         y = drop_labels(y, self.config.cond_drop, null, generator)
+        text = self._drop_text(text, generator)
         x_next = x0 + append_dims(sigma_next, x0.ndim).to(x0.dtype) * z
         with torch.no_grad():
             if self.teacher is not None:  # one Heun step of the teacher's ODE, sigma_n+1 -> sigma_n
-                x_hat = _heun_rows(self.teacher, x_next, sigma_next, sigma, _cond(y))
-                target = self.ema(x_hat, sigma, **_cond(y))
+                x_hat = _heun_rows(self.teacher, x_next, sigma_next, sigma, _cond(y, text))
+                target = self.ema(x_hat, sigma, **_cond(y, text))
                 weight = torch.ones_like(sigma)
             else:
                 x_hat = x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * z
-                target = self.student(x_hat, sigma, **_cond(y))
+                target = self.student(x_hat, sigma, **_cond(y, text))
                 weight = 1 / (sigma_next - sigma)
-        return {"x": x_next, "sigma": sigma_next, "target": target, "weight": weight, "y": y}
+        return {"x": x_next, "sigma": sigma_next, "target": target, "weight": weight, "y": y, "text": text}
 
     def loss(self, b):
-        f = self.student(b["x"], b["sigma"], **_cond(b.get("y")))
+        f = self.student(b["x"], b["sigma"], **_cond(b.get("y"), b.get("text")))
         c = self.huber_c if self.huber_c is not None else (0.0 if self.teacher is not None
                                                            else 0.00054 * math.sqrt(f[0].numel()))
         per_sample = b["weight"].to(f.dtype) * pseudo_huber(f.float() - b["target"].float(), c)
@@ -221,14 +229,14 @@ class Guided(Objective):
 
     def __init__(self, student, config, teacher: NetworkDenoiser):
         super().__init__(student, config)
-        if config.num_classes is None:
-            raise ValueError("guided distillation needs a class-conditional teacher")
+        if config.num_classes is None or config.net.get("text"):
+            raise ValueError("guided distillation needs a class-conditional teacher (not a text-conditional one)")
         self.teacher = teacher
         self.w_min, self.w_max = config.distill.get("w_min", 1.0), config.distill.get("w_max", 5.0)
         if not self.w_min <= self.w_max:
             raise ValueError(f"need w_min <= w_max, got {self.w_min} and {self.w_max}")
 
-    def draw(self, x0, y, paired, generator, step):
+    def draw(self, x0, y, paired, generator, step, text=None):
         # the student is always told its class: the guided target of a dropped (null) label is just
         # the unconditional denoiser, which w could not change
         sigma, noise, _ = draw_noise(self.student.schedule, x0, y, self.config, generator, paired)

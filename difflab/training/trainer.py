@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -33,11 +34,13 @@ from ..denoisers import NetworkDenoiser
 from ..io import atomic
 from ..io.images import save_grid, save_scatter
 from ..nets import build_network
+from ..nets.text import TextConfig, Tokenizer
 from ..samplers import default_sigmas, generate
 from ..schedules import make_schedule
 from .checkpoint import (MODEL_DIR, CheckpointError, find_model_dir, load_weights, read_config,
                          read_training_state, recover, save_checkpoint)
-from .config import TrainConfig, native_sampling
+from .autoencoder import decode_latents, encode_dataset, load_autoencoder
+from .config import LATENT_PRESETS, TrainConfig, native_sampling
 from .data import Dataset, batch_indices, load_dataset
 from .objectives import make_objective
 
@@ -45,6 +48,7 @@ __all__ = ["train", "prepare_data", "resolve_config", "make_optimizer", "step_se
            "update_ema"]
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
+IMAGE_NETWORKS = ("unet", "dit")
 #: Fields that may change when a run is resumed: they do not affect the trained weights.
 RESUMABLE_CHANGES = {"preset", "steps", "ckpt_every", "sample_every", "log_every", "sample_sampler",
                      "sample_steps", "compile"}
@@ -110,16 +114,34 @@ def prepare_data(config: TrainConfig, device) -> Dataset:
     if ds.kind == "image" and ds.shape[1] != ds.shape[2]:
         raise ValueError(f"{ds.name}: images must be square for the UNet, got {ds.shape[1]}x{ds.shape[2]}"
                          " (pass a resolution)")
+    if config.net.get("text") and ds.captions is None:
+        raise ValueError(f"a text-conditional network needs captioned data; {ds.name} has no captions")
+    if config.autoencoder is not None:
+        ds = encode_latents(ds, config.autoencoder, device)
+    elif config.preset in LATENT_PRESETS:
+        raise ValueError(f"the {config.preset} preset trains on an autoencoder's latents: pass --autoencoder DIR "
+                         f"(from difflab train-autoencoder --preset {LATENT_PRESETS[config.preset]} --out DIR)")
     small = ds.x.numel() * ds.x.element_size() < 2**30
     return ds.to(device) if small else ds
+
+
+def encode_latents(ds: Dataset, autoencoder_dir, device) -> Dataset:
+    """The data set in the latent space of an autoencoder (posterior means times its scale factor,
+    Rombach et al. 2022, sec. 4.3): what a latent diffusion model is trained on."""
+    ae, meta = load_autoencoder(autoencoder_dir, device)
+    if ds.kind != "image" or tuple(ds.shape) != ae.image_shape:
+        raise ValueError(f"the autoencoder {autoencoder_dir} takes images of shape {ae.image_shape}, the data "
+                         f"set {ds.name} has {tuple(ds.shape)} (set resolution and channels to match)")
+    latents = encode_dataset(ae, ds.x.to(device), meta["scale_factor"]).cpu()
+    return dataclasses.replace(ds, x=latents, name=f"{ds.name} (latents)")
 
 
 def resolve_config(config: TrainConfig, ds: Dataset) -> TrainConfig:
     """Fill the network config's data-dependent fields from the data set: channels and resolution
     (UNet) or dimension (MLP), and num_classes."""
-    if (config.network == "unet") != (ds.kind == "image"):
+    if (config.network in IMAGE_NETWORKS) != (ds.kind == "image"):
         raise ValueError(f"network {config.network!r} does not fit {ds.kind} data ({ds.name}); use "
-                         f"{'unet' if ds.kind == 'image' else 'mlp'}")
+                         f"{' or '.join(IMAGE_NETWORKS) if ds.kind == 'image' else 'mlp'}")
     net = dict(config.net, num_classes=config.num_classes)
     if ds.kind == "image":
         net.update(in_channels=ds.shape[0], resolution=ds.shape[1])
@@ -154,6 +176,7 @@ class _Run:
     rank: int
     world: int
     params: list | None = None  # the network's parameters, listed once (a module walk per step costs)
+    tokens: torch.Tensor | None = None  # the captions' tokens of a text-conditional model
     step: int = 0
     window_sum: torch.Tensor | float = 0.0  # loss sum since the last log row (on the device)
     window_count: int = 0
@@ -175,6 +198,8 @@ def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, 
     optimizer = make_optimizer(net.parameters(), config, device)
     run = _Run(config, out_dir, ds, net, ema, optimizer, None, None, None, device, rank, world,
                params=list(net.parameters()))
+    if config.net.get("text"):  # every caption tokenised once, kept beside the data
+        run.tokens = Tokenizer(TextConfig.from_dict(config.net["text"])).encode(ds.captions).to(ds.x.device)
     if model_dir.exists():
         _restore(run, model_dir)
     if world > 1:
@@ -248,7 +273,8 @@ def _train_step(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
     x0 = run.ds.x[idx].to(run.device)
     y = run.ds.y[idx].to(run.device) if c.num_classes is not None else None
     paired = run.ds.noise[idx].to(run.device) if c.coupling == "pairs" else None
-    batch = run.objective.draw(x0, y, paired, gen, k)
+    text = run.tokens[idx].to(run.device) if run.tokens is not None else None
+    batch = run.objective.draw(x0, y, paired, gen, k, text=text)
     ddp = run.denoiser.net if run.world > 1 else None
     bf16 = c.precision == "bf16" and run.device.type == "cuda"
     total = torch.zeros((), device=run.device, dtype=torch.float64)
@@ -324,7 +350,12 @@ def _save_samples(run: _Run) -> Path:
     cond = {} if y is None else {"y": y}
     if c.net.get("guidance_embedding"):  # a guided student: at the middle of its trained scales
         cond["w"] = torch.full((n,), (c.distill.get("w_min", 1.0) + c.distill.get("w_max", 5.0)) / 2)
+    if run.tokens is not None:  # the first captions of the data set
+        cond["text"] = run.tokens[torch.arange(n) % len(run.tokens)]
     x = generate(denoiser, ds.shape, n, sigmas, sampler, generator=gen, cond=cond or None, **options)
+    if c.autoencoder is not None:
+        ae, meta = load_autoencoder(c.autoencoder, run.device)
+        x = decode_latents(ae, x.to(run.device), meta["scale_factor"]).cpu()
     if ds.kind == "points":
         save_scatter(x, path, reference=ds.x[:SAMPLE_POINTS], title=f"step {run.step}")
     else:
@@ -336,7 +367,8 @@ def _save_samples(run: _Run) -> Path:
 def _checkpoint(run: _Run) -> Path:
     extra = {"data": run.ds.info(), "elapsed": run.elapsed, "window": [float(run.window_sum), run.window_count],
              "seed": run.config.seed}
-    return save_checkpoint(run.out_dir, run.config, run.net, run.ema, run.optimizer, run.step, extra)
+    return save_checkpoint(run.out_dir, run.config, run.net, run.ema, run.optimizer, run.step, extra,
+                           autoencoder=run.config.autoencoder)
 
 
 def _due(step: int, every: int, last: int) -> bool:
