@@ -31,6 +31,7 @@ from difflab.training.trainer import resolve_config
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--eager-only", action="store_true", help="leave out the compiled rows")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/gpu"))
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,7 +74,7 @@ def main() -> None:
             print(f"[{time.time() - start:5.0f} s] {path}: "
                   f"{'not installed' if seconds is None else f'{seconds * 1000:.0f} ms for {n}'}", flush=True)
 
-        for compile_ in (False, True):
+        for compile_ in (False, True) if not args.eager_only else (False,):
             model = load(model_dir, device, dtype="bf16", compile=compile_)
             seconds = _seconds_per_call(lambda m=model: m.sample(n, steps=k, seed=0, batch_size=n, schedule="karras"),
                                         5, 2, device)
@@ -82,10 +83,12 @@ def main() -> None:
                 sample_row("diffusers loop, bf16 weights, eager", diffusers_sample_seconds(
                     net_config, n, k, device, compile=False, repeats=5) if have else None)
 
-        add(f"difflab train, compile={mode}", "bf16", trainer_rate(base.replace(precision="bf16", compile=mode), device,
-                                                                   steps=steps, warmup=warmup))
-        add(f"diffusers UNet2DModel, torch.compile({mode})", "bf16", diffusers_train_rate(
-            net_config, base.batch_size, device, compile=True, bf16=bf16, steps=steps, warmup=warmup) if have else None)
+        if not args.eager_only:
+            add(f"difflab train, compile={mode}", "bf16", trainer_rate(
+                base.replace(precision="bf16", compile=mode), device, steps=steps, warmup=warmup))
+            add(f"diffusers UNet2DModel, torch.compile({mode})", "bf16", diffusers_train_rate(
+                net_config, base.batch_size, device, compile=True, bf16=bf16, steps=steps, warmup=warmup)
+                if have else None)
     text = (f"# GPU run (benchmarks/gpu_short.py{' --quick' if args.quick else ''})\n\n{_device_name(device)}; "
             f"torch {torch.__version__}; {flops / 1e9:.2f} GFLOP per image forward + backward\n\n## Training, batch "
             f"{base.batch_size}\n\n{format_table(rows, ['path', 'precision', 'img/s', 'MFU'])}\n\n## Sampling, {n} "

@@ -24,6 +24,7 @@ from .nets.text import TextConfig, Tokenizer
 from .training.autoencoder import decode_latents, encode_dataset, load_autoencoder
 from .training.checkpoint import AUTOENCODER_DIR, CheckpointError, build_model, find_model_dir
 from .training.config import TrainConfig, native_sampling
+from .training.trainer import cuda_fast_paths
 
 __all__ = ["TrainedModel", "load", "CheckpointError", "resolve_device", "resolve_dtype", "DTYPES",
            "SCHEDULES", "DEFAULT_SCHEDULE"]
@@ -271,8 +272,9 @@ class TrainedModel:
         else:
             gen.manual_seed(seed)
         batch_size = batch_size or self.auto_batch_size(n, guided=guidance is not None and "w" not in (cond or {}))
-        x = generate(denoiser, self.data_shape, n, sigmas, sampler, noise=noise, generator=gen, cond=cond,
-                     batch_size=batch_size, progress=progress, callback=callback, **options)
+        with cuda_fast_paths(self.device):
+            x = generate(denoiser, self.data_shape, n, sigmas, sampler, noise=noise, generator=gen, cond=cond,
+                         batch_size=batch_size, progress=progress, callback=callback, **options)
         if self.autoencoder is not None:
             x = self.decode(x)
         return x.clamp(-1, 1) if self.data_kind == "image" else x

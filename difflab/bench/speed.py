@@ -34,7 +34,7 @@ from ..schedules import make_schedule
 from ..training import PRESETS, TrainConfig, load_dataset
 from ..training.checkpoint import save_checkpoint
 from ..training.losses import denoising_loss, draw_noise
-from ..training.trainer import make_optimizer, resolve_config
+from ..training.trainer import cuda_fast_paths, make_optimizer, resolve_config
 
 __all__ = ["bench_train", "bench_gpu", "bare_step_rate", "trainer_rate", "training_flops_per_image",
            "peak_flops", "format_table", "PEAK_TFLOPS"]
@@ -109,13 +109,16 @@ def bare_step_rate(config: TrainConfig, device, *, steps: int = 50, warmup: int 
 
 
 def _seconds_per_call(fn, steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    _sync(device)
+    """Mean seconds of ``fn`` after ``warmup`` calls, with the trainer's CUDA settings (TF32) for
+    every path measured, difflab's and the peers'."""
+    with cuda_fast_paths(device):
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        _sync(device)
     return (time.perf_counter() - start) / steps
 
 

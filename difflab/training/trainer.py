@@ -44,7 +44,7 @@ from .config import LATENT_PRESETS, TrainConfig, native_sampling
 from .data import Dataset, batch_indices, load_dataset
 from .objectives import make_objective
 
-__all__ = ["train", "prepare_data", "resolve_config", "make_optimizer", "step_seed", "ema_decay_at", "lr_at",
+__all__ = ["train", "prepare_data", "resolve_config", "make_optimizer", "cuda_fast_paths", "step_seed", "ema_decay_at", "lr_at",
            "update_ema"]
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
@@ -402,9 +402,11 @@ def _distributed(device) -> tuple[int, int, torch.device, bool]:
 
 
 @contextlib.contextmanager
-def _tf32(device: torch.device):
-    """TF32 matrix products on CUDA while training (10-bit mantissa products, float32 sums; cuDNN's
-    convolutions use TF32 by default already), restored afterwards."""
+def cuda_fast_paths(device: torch.device):
+    """On CUDA, while the block runs: TF32 matrix products (10-bit mantissa products, float32 sums;
+    cuDNN's convolutions use TF32 by default already), restored afterwards. (``cudnn.benchmark``
+    was measured and left off: +15% and -13% for the eager bf16 step in two H200 runs,
+    benchmarks/RESULTS.md.)"""
     if device.type != "cuda":
         yield
         return
@@ -437,7 +439,7 @@ def train(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool 
         if world > 1:
             dist.barrier()
         run = _build(config, out_dir, resume, device, rank, world)
-        with _tf32(device):
+        with cuda_fast_paths(device):
             _loop(run, progress and rank == 0)
         if world > 1:
             dist.barrier()
