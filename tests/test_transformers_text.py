@@ -117,3 +117,20 @@ def test_latent_diffusion_through_an_orthogonal_autoencoder_is_pixel_diffusion()
     via_latents = difflab.sample(latent, x_T @ q.T, sigmas, "dpmpp_2m") @ q
     torch.testing.assert_close(via_latents, difflab.sample(pixel, x_T, sigmas, "dpmpp_2m"))
     assert math.isclose(float((q @ q.T - torch.eye(16, dtype=torch.float64)).abs().max()), 0, abs_tol=1e-12)
+
+
+def test_guidance_of_a_four_channel_dit_moves_every_channel():
+    """Classifier-free guidance of a latent DiT extrapolates all four channels, the fourth included
+    (guiding only the first three leaves the fourth at the conditional output)."""
+    torch.manual_seed(2)
+    net = DiT(DiTConfig(in_channels=4, resolution=4, patch_size=2, hidden=32, depth=2, num_heads=2, num_classes=3))
+    for p in net.parameters():  # leave adaLN-Zero's zero start, so the class matters
+        torch.nn.init.normal_(p, std=0.05)
+    denoiser = difflab.NetworkDenoiser(net, prediction="eps").eval()
+    x, sigma, y = torch.randn(2, 4, 4, 4), torch.full((2,), 0.7), torch.tensor([0, 2])
+    with torch.no_grad():
+        cond, uncond = denoiser(x, sigma, y=y), denoiser(x, sigma, y=torch.full_like(y, 3))
+        guided = cfg(denoiser, 4.0, num_classes=3)(x, sigma, y=y)
+    torch.testing.assert_close(guided, uncond + 4.0 * (cond - uncond), rtol=1e-5, atol=1e-5)
+    for c in range(4):
+        assert (guided[:, c] - cond[:, c]).abs().max() > 1e-3

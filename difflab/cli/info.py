@@ -39,15 +39,51 @@ def _print_presets() -> None:
     from ..training import PRESETS
     from ..nets import UNET_PRESETS, UNet, count_parameters
 
-    print("training presets (difflab train --preset NAME):")
+    from ..training import AE_PRESETS
+
+    times = _preset_times()
+    where = times.get("measured", {})
+    print(f"training presets (difflab train --preset NAME); CPU time measured by benchmarks/preset_times.py "
+          f"({where.get('threads', '?')} threads, {where.get('date', 'not measured')}):")
     for name, config in PRESETS.items():
-        print(f"  {name:<14} {_describe_preset(config)}")
+        print(f"  {name:<14} {_describe_preset(config)}, {_cpu_time(times.get('presets', {}).get(name), config.steps)}")
+    print("autoencoder presets (difflab train-autoencoder --preset NAME):")
+    for name, config in AE_PRESETS.items():
+        print(f"  {name:<14} data {config.data}, {config.steps:,} steps of batch {config.batch_size}, "
+              f"{_cpu_time(times.get('autoencoder_presets', {}).get(name), config.steps)}")
     print("UNet presets (network only):")
     with torch.device("meta"):  # counts parameters without allocating them
         for name, net_config in UNET_PRESETS.items():
             params = count_parameters(UNet(net_config))
             print(f"  {name:<14} {params / 1e6:6.2f}M parameters, {net_config.resolution}x"
                   f"{net_config.resolution}x{net_config.in_channels}")
+
+
+def _preset_times() -> dict:
+    """The measured CPU times of the presets (difflab/training/preset_times.json), {} if unreadable."""
+    import json
+
+    from .. import training
+
+    try:
+        return json.loads((Path(training.__file__).parent / "preset_times.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _cpu_time(entry: dict | None, steps: int) -> str:
+    """``"about 5 min on the CPU"``: a preset's measured seconds per step (its entry of
+    preset_times.json) times its ``steps``."""
+    if not entry or "seconds_per_step" not in entry:
+        return "CPU time not measured"
+    return f"about {_duration(entry['seconds_per_step'] * steps)} on the CPU"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}" if seconds >= 20 * size else f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _describe_preset(config) -> str:
