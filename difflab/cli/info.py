@@ -94,7 +94,10 @@ def _describe_preset(config) -> str:
     net = dict(config.net, **({"num_classes": config.num_classes} if config.num_classes else {}))
     with torch.device("meta"):
         params = count_parameters(build_network(config.network, net))
-    return (f"{config.network} {params / 1e6:.2f}M parameters, data {config.data or '(give --data)'}, "
+    from ..training.config import LATENT_PRESETS
+
+    latent = f" (latents of --autoencoder: {LATENT_PRESETS[config.preset]})" if config.preset in LATENT_PRESETS else ""
+    return (f"{config.network} {params / 1e6:.2f}M parameters, data {config.data or '(give --data)'}{latent}, "
             f"{config.steps:,} steps of batch {config.batch_size}")
 
 
