@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["GaussianMixture", "ring_mixture", "random_mixture"]
+__all__ = ["GaussianMixture", "ring_mixture", "random_mixture", "Gaussian", "ar1_covariance"]
 
 
 class GaussianMixture:
@@ -115,3 +115,88 @@ def random_mixture(k: int = 10, dim: int = 64, norm: float = 3.0, std: float = 0
     means = torch.randn(k, dim, generator=gen, dtype=dtype)
     means = norm * means / means.norm(dim=1, keepdim=True)
     return GaussianMixture(means, std, dtype=dtype)
+
+
+class Gaussian:
+    """A Gaussian N(mu, Sigma) with a full covariance: the exact oracle of stationary Gaussian
+    signals (an AR(1) process has the Toeplitz covariance Sigma_ij = phi^|i - j|, `ar1_covariance`).
+
+    With x = x0 + sigma n, Tweedie's formula gives the linear denoiser
+
+        D(x, sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu),
+
+    computed from the eigendecomposition Sigma = U diag(lam) U^T as
+    mu + U diag(lam / (lam + sigma^2)) U^T (x - mu). Samples x of any shape with ``prod(shape[1:])
+    == dim`` are flattened; a signal (B, C, L) is the vector of its C * L values in that order.
+    Conditioning on a subset of coordinates (forecasting, imputation) is the Schur complement
+    (:meth:`conditional`).
+    """
+
+    def __init__(self, mean, cov, dtype=torch.float64):
+        self.cov = torch.as_tensor(cov, dtype=dtype)
+        if self.cov.ndim != 2 or self.cov.shape[0] != self.cov.shape[1]:
+            raise ValueError(f"cov must be square (D, D), got shape {tuple(self.cov.shape)}")
+        self.dim = self.cov.shape[0]
+        self.mean = torch.as_tensor(mean, dtype=dtype).expand(self.dim).clone()
+        self.eigenvalues, self.eigenvectors = torch.linalg.eigh(self.cov)
+        if self.eigenvalues.min() < -1e-10 * self.eigenvalues.max().abs():
+            raise ValueError("cov must be positive semi-definite")
+        self.eigenvalues = self.eigenvalues.clamp_min(0)
+        self.dtype = dtype
+
+    def _flat(self, x):
+        return x.reshape(x.shape[0], -1).to(self.dtype)
+
+    def denoiser(self, x, sigma) -> torch.Tensor:
+        """E[x0 | x0 + sigma n = x] (at sigma = inf the mean)."""
+        xf = self._flat(x) - self.mean
+        sigma = torch.as_tensor(sigma, dtype=self.dtype).reshape(-1, 1)
+        shrink = torch.where(torch.isinf(sigma), 0.0, self.eigenvalues / (self.eigenvalues + sigma**2))
+        out = self.mean + ((xf @ self.eigenvectors) * shrink) @ self.eigenvectors.T
+        return out.reshape(x.shape).to(x.dtype)
+
+    __call__ = denoiser
+
+    def log_prob(self, x, sigma=0.0) -> torch.Tensor:
+        """log N(x; mu, Sigma + sigma^2 I): (B,)."""
+        var = self.eigenvalues + float(sigma) ** 2
+        z = (self._flat(x) - self.mean) @ self.eigenvectors
+        return -0.5 * ((z**2 / var).sum(1) + var.log().sum() + self.dim * math.log(2 * math.pi))
+
+    def sample(self, n: int, generator: torch.Generator | None = None, sigma: float = 0.0) -> torch.Tensor:
+        """n exact draws of x0 + sigma n, as (n, dim)."""
+        z = torch.randn(n, self.dim, generator=generator, dtype=self.dtype)
+        return self.mean + (z * (self.eigenvalues + sigma**2).sqrt()) @ self.eigenvectors.T
+
+    def conditional(self, known: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The law of the unknown coordinates given the known ones (the Schur complement):
+
+            mu_u + S_uk S_kk^-1 (values - mu_k),   S_uu - S_uk S_kk^-1 S_ku,
+
+        with ``known`` a boolean (dim,) mask and ``values`` (B, n_known) or (n_known,). Returns the
+        conditional means (B, n_unknown) and the (shared) covariance (n_unknown, n_unknown)."""
+        known = torch.as_tensor(known, dtype=torch.bool).reshape(-1)
+        if known.shape != (self.dim,):
+            raise ValueError(f"known must be a (dim,) = ({self.dim},) mask, got {tuple(known.shape)}")
+        values = torch.as_tensor(values, dtype=self.dtype).reshape(-1, int(known.sum()))
+        s_kk, s_uk = self.cov[known][:, known], self.cov[~known][:, known]
+        gain = torch.linalg.solve(s_kk, s_uk.T).T  # S_uk S_kk^-1
+        mean = self.mean[~known] + (values - self.mean[known]) @ gain.T
+        cov = self.cov[~known][:, ~known] - gain @ s_uk.T
+        return mean, (cov + cov.T) / 2
+
+    def sample_conditional(self, known, values, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact draws of the unknown coordinates given the known ``values`` (one row): (n, n_unknown)."""
+        mean, cov = self.conditional(known, values)
+        lam, u = torch.linalg.eigh(cov)
+        z = torch.randn(n, len(lam), generator=generator, dtype=self.dtype)
+        return mean[:1] + (z * lam.clamp_min(0).sqrt()) @ u.T
+
+
+def ar1_covariance(length: int, phi: float, dtype=torch.float64) -> torch.Tensor:
+    """The covariance phi^|i - j| (length x length) of a stationary AR(1) process
+    x_t = phi x_{t-1} + sqrt(1 - phi^2) e_t, e_t ~ N(0, 1), of unit marginal variance (Box & Jenkins)."""
+    if not -1 < phi < 1 or length < 1:
+        raise ValueError(f"need |phi| < 1 and length >= 1, got {phi=} {length=}")
+    lag = torch.arange(length, dtype=dtype)
+    return torch.as_tensor(phi, dtype=dtype) ** (lag[:, None] - lag[None]).abs()

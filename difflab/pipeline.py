@@ -71,9 +71,11 @@ def load(path, device=None, *, dtype=None, compile: bool = False) -> TrainedMode
     device = resolve_device(device)
     net, config, info = build_model(path, device)
     autoencoder = find_model_dir(path) / AUTOENCODER_DIR
-    return TrainedModel(net, config, info["data_shape"], info["class_names"], info["data_kind"], info["step"],
-                        dtype=dtype, compile=compile,
-                        autoencoder=load_autoencoder(autoencoder, device) if autoencoder.is_dir() else None)
+    model = TrainedModel(net, config, info["data_shape"], info["class_names"], info["data_kind"], info["step"],
+                         dtype=dtype, compile=compile,
+                         autoencoder=load_autoencoder(autoencoder, device) if autoencoder.is_dir() else None)
+    model.sample_rate = info.get("sample_rate")
+    return model
 
 
 class TrainedModel:
@@ -103,6 +105,7 @@ class TrainedModel:
         self.tokenizer = None if not text else Tokenizer(TextConfig.from_dict(text))
         self.class_names = None if class_names is None else tuple(class_names)
         self.data_kind = data_kind or ("image" if len(self.data_shape) == 3 else "points")
+        self.sample_rate = None  # audio models: samples per second
         self.step = step
         self.schedule = make_schedule(config.schedule)
         self.denoiser = NetworkDenoiser(net, self.schedule, config.prediction, config.sigma_data).eval()
@@ -238,6 +241,9 @@ class TrainedModel:
         """
         if n < 1:
             raise CheckpointError(f"need n >= 1, got n={n}")
+        if self.imputes:
+            raise CheckpointError("this is an imputation model (task 'impute'): it samples missing values given "
+                                  "observed ones; use .impute(values, mask) or .forecast(context, horizon)")
         native = native_sampling(self.config) if (sampler, steps, schedule) == (None, None, DEFAULT_SCHEDULE) \
             and (sigma_min, sigma_max) == (None, None) else None
         if native is not None:
@@ -278,6 +284,104 @@ class TrainedModel:
         if self.autoencoder is not None:
             x = self.decode(x)
         return x.clamp(-1, 1) if self.data_kind == "image" else x
+
+    # --- Signals: imputation and forecasting ---------------------------------------------------
+
+    @property
+    def imputes(self) -> bool:
+        """Whether this is an imputation model (``task = "impute"``, CSDI): it samples missing
+        values given observed ones through its conditioning channels."""
+        return self.config.task == "impute"
+
+    def impute(self, values: torch.Tensor, mask, samples: int = 100, *, method: str = "auto",
+               sampler: str | None = None, steps: int | None = None, seed: int | None = None,
+               batch_size: int | None = None, progress: bool = False, **options) -> torch.Tensor:
+        """Draws (samples, B, C, L) of signals given the ``values`` (B, C, L) where ``mask`` is 1
+        (observed); the observed values are kept exactly. Two ways (``method``):
+
+        - ``"condition"``, for an imputation model (``task = "impute"``): its network sees the
+          observations as extra channels (CSDI, Tashiro et al. 2021), :func:`difflab.editing.
+          observed_denoiser`; any ``sampler`` (default ``dpmpp_2m``, 20 steps);
+        - ``"repaint"`` or ``"replace"``, for any unconditional model: inpainting
+          (:func:`difflab.editing.inpaint`; RePaint by default, Lugmayr et al. 2022, with the ``ddpm``
+          sampler and its ``jump_length`` and ``resamplings`` options).
+
+        ``"auto"`` picks ``condition`` for an imputation model and ``repaint`` otherwise. Values
+        where the mask is 0 are ignored (NaN allowed). Forecasting is the mask of a known past
+        (:meth:`forecast`)."""
+        from .editing import inpaint, observed_denoiser
+
+        if self.data_kind != "signal" or self.autoencoder is not None:
+            raise CheckpointError("imputation and forecasting need a model of signals (N, C, L)")
+        values = torch.as_tensor(values, dtype=torch.float32)
+        values = values[None] if values.ndim == 2 else values
+        if values.ndim != 3 or tuple(values.shape[1:]) != self.data_shape:
+            raise CheckpointError(f"values must have shape (B, {', '.join(map(str, self.data_shape))}) of this "
+                                  f"model's signals, got {tuple(values.shape)}")
+        try:
+            keep = torch.as_tensor(mask).bool().expand_as(values)
+        except RuntimeError as e:
+            raise CheckpointError(f"mask of shape {tuple(torch.as_tensor(mask).shape)} does not fit the values "
+                                  f"{tuple(values.shape)}") from e
+        if not torch.isfinite(values[keep]).all():
+            raise CheckpointError("observed values (mask 1) must be finite")
+        if samples < 1:
+            raise CheckpointError(f"need samples >= 1, got {samples}")
+        method = ("condition" if self.imputes else "repaint") if method == "auto" else method
+        if method not in ("condition", "repaint", "replace"):
+            raise CheckpointError(f"unknown imputation method {method!r}; choose auto, condition, repaint or replace")
+        if (method == "condition") != self.imputes:
+            raise CheckpointError("method 'condition' needs an imputation model (task 'impute'), and such a model "
+                                  "imputes only that way" if method == "condition" else
+                                  "this is an imputation model: use method 'condition' (or 'auto')")
+        b = len(values)
+        rows = values.repeat_interleave(samples, 0).to(self.device)  # sample s of signal i: row i * samples + s
+        keep = keep.repeat_interleave(samples, 0).to(self.device)
+        rows = torch.where(keep, rows, torch.zeros_like(rows))
+        gen = torch.Generator(self.device)
+        gen.seed() if seed is None else gen.manual_seed(seed)
+        if method == "condition":
+            sampler, steps = sampler or "dpmpp_2m", steps or 20
+            sigmas = self.sigmas(steps, sampler=sampler)
+            den = observed_denoiser(self.sampling_denoiser(), rows, keep)
+            with cuda_fast_paths(self.device):
+                x = generate(den, self.data_shape, len(rows), sigmas, sampler, generator=gen, progress=progress,
+                             **options)
+        else:
+            sampler, steps = sampler or "ddpm", steps or (50 if method == "repaint" else 100)
+            sigmas = self.sigmas(steps, sampler=sampler)
+            x = torch.cat([
+                inpaint(self.sampling_denoiser(), rows[i:i + (batch_size or 4096)], keep[i:i + (batch_size or 4096)],
+                        sigmas, method=method, generator=gen, sampler=sampler, **options)
+                for i in range(0, len(rows), batch_size or 4096)])
+        x = torch.where(keep, rows, x).cpu()
+        return x.reshape(b, samples, *self.data_shape).transpose(0, 1)
+
+    def forecast(self, context: torch.Tensor, horizon: int, samples: int = 100, **options) -> torch.Tensor:
+        """Draws (samples, B, C, horizon) of the next ``horizon`` steps after ``context`` (B, C, L0)
+        (or (C, L0), or (L0,) for one channel): the model's window of L steps holds the last
+        L - horizon values of the context, and the future is imputed (:meth:`impute`, same
+        options)."""
+        if self.data_kind != "signal":
+            raise CheckpointError("forecasting needs a model of signals (N, C, L)")
+        channels, length = self.data_shape
+        context = torch.as_tensor(context, dtype=torch.float32)
+        context = context.reshape(1, 1, -1) if context.ndim == 1 else context[None] if context.ndim == 2 else context
+        if context.ndim != 3 or context.shape[1] != channels:
+            raise CheckpointError(f"the context must be (B, {channels}, L0) signals of this model's {channels} "
+                                  f"channel(s), got {tuple(context.shape)}")
+        if not 1 <= horizon < length:
+            raise CheckpointError(f"the horizon must lie in [1, {length - 1}] for this model's window of {length} steps, "
+                                  f"got {horizon}")
+        past = length - horizon
+        if context.shape[2] < past:
+            raise CheckpointError(f"a horizon of {horizon} needs at least {past} context steps "
+                                  f"(the window is {length}), got {context.shape[2]}")
+        if not torch.isfinite(context[..., -past:]).all():
+            raise CheckpointError("the context must be finite (no NaN or inf)")
+        window = torch.cat([context[..., -past:], torch.zeros(*context.shape[:2], horizon)], dim=2)
+        mask = (torch.arange(length) < past).expand_as(window)
+        return self.impute(window, mask, samples, **options)[..., past:]
 
     def prompt_tokens(self, prompt, n: int) -> torch.Tensor | None:
         """The caption tokens (n, L) of ``prompt`` (one caption for all, or n of them); None without a

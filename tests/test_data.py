@@ -211,8 +211,11 @@ def test_dataset_validation_and_info():
     assert ds.num_classes == 3 and ds.info()["shape"] == [3] and ds.info()["kind"] == "points"
     with pytest.raises(DataError):
         Dataset(torch.zeros(4, 3), torch.tensor([0, 1, 2, 3]), num_classes=2)
+    assert Dataset(torch.zeros(4, 3, 2)).kind == "signal"  # (N, C, L)
     with pytest.raises(DataError):
-        Dataset(torch.zeros(4, 3, 2))
+        Dataset(torch.zeros(4, 3, 2, 2, 1))
+    with pytest.raises(DataError, match="sample rate"):
+        Dataset(torch.zeros(4, 3), sample_rate=8000)
 
 
 # --- imageio -----------------------------------------------------------------------------------------

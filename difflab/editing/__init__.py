@@ -3,7 +3,9 @@
 Every editor is a plain function ``editor(denoiser, input, sigmas, *, options) -> x`` over the
 Denoiser contract of docs/design.md, usable with any trained model or exact oracle:
 
-- :func:`inpaint`: the replacement method (Song et al. 2021) and RePaint (Lugmayr et al. 2022);
+- :func:`inpaint`: the replacement method (Song et al. 2021) and RePaint (Lugmayr et al. 2022), for
+  images and signals (forecasting is inpainting the future);
+- :func:`observed_denoiser`: the denoiser of an imputation model (CSDI) given observations;
 - :func:`sdedit`: SDEdit (Meng et al. 2022);
 - :func:`ilvr`: ILVR (Choi et al. 2021);
 - :func:`invert`, :func:`reconstruct`: DDIM / probability-flow ODE inversion (Song et al. 2021a);
@@ -14,9 +16,9 @@ See docs/editing.md for the mathematics, conventions and what is approximate.
 """
 from .ddrm import Colorization, Inpainting, LinearOperator, SuperResolution, ddrm
 from .ilvr import ilvr, low_pass
-from .inpaint import inpaint, repaint_schedule, replaced_denoiser
+from .inpaint import inpaint, observation_condition, observed_denoiser, repaint_schedule, replaced_denoiser
 from .inversion import invert, reconstruct
 from .sdedit import sdedit
 
-__all__ = ["inpaint", "replaced_denoiser", "repaint_schedule", "sdedit", "ilvr", "low_pass", "invert",
-           "reconstruct", "ddrm", "LinearOperator", "Inpainting", "SuperResolution", "Colorization"]
+__all__ = ["inpaint", "replaced_denoiser", "observed_denoiser", "observation_condition", "repaint_schedule",
+           "sdedit", "ilvr", "low_pass", "invert", "reconstruct", "ddrm", "LinearOperator", "Inpainting", "SuperResolution", "Colorization"]

@@ -16,7 +16,8 @@ from ..denoisers import append_dims
 from ..samplers import sample, start_from_noise
 from ..samplers.stepping import noise_like
 
-__all__ = ["inpaint", "replaced_denoiser", "repaint_schedule", "check_mask"]
+__all__ = ["inpaint", "replaced_denoiser", "repaint_schedule", "check_mask", "observation_condition",
+           "observed_denoiser"]
 
 
 def check_mask(mask, x: torch.Tensor) -> torch.Tensor:
@@ -49,6 +50,33 @@ def replaced_denoiser(denoiser, x_known: torch.Tensor, mask: torch.Tensor, gener
         x_noisy_known = torch.where(torch.isinf(s), z, x_known + s * z)  # at sigma = inf: the noise itself
         x0_hat = denoiser(torch.where(mask, x_noisy_known, x), sigma, **cond)
         return torch.where(mask, x_known, x0_hat)
+
+    return d
+
+
+def observation_condition(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The conditioning channels of an imputation model (CSDI, Tashiro et al. 2021): [mask * values,
+    mask], (B, 2C, L) for signals (B, C, L); values where the mask is 0 never reach the network (NaN
+    there is allowed)."""
+    mask = torch.as_tensor(mask, device=values.device).to(values.dtype).expand_as(values)
+    return torch.cat([torch.where(mask > 0, values, torch.zeros_like(values)), mask], dim=1)
+
+
+def observed_denoiser(denoiser, values: torch.Tensor, mask: torch.Tensor):
+    """The denoiser of an imputation model given observations: the network sees
+    :func:`observation_condition` as its ``condition`` and the output keeps the observed values,
+
+        D'(x, sigma) = m values + (1 - m) D(x, sigma | values, m),
+
+    so the observed coordinates of a sampler's state follow values + sigma n, their law in training,
+    and the sample ends on them exactly. ``values`` (B, C, L) holds one row per sample drawn; ``mask``
+    broadcasts to it."""
+    keep = check_mask(mask, values).expand_as(values)
+    condition = observation_condition(values, keep)
+    known = torch.where(keep, values, torch.zeros_like(values))
+
+    def d(x, sigma, **cond):
+        return torch.where(keep, known.to(x.dtype), denoiser(x, sigma, condition=condition.to(x.dtype), **cond))
 
     return d
 

@@ -68,6 +68,7 @@ def save_checkpoint(out_dir, config: TrainConfig, model: nn.Module, ema: nn.Modu
     data = extra.pop("data", {})
     meta = {**config.to_dict(), "data_shape": list(data.get("shape", [])), "data_kind": data.get("kind"),
             "data_name": data.get("name"), "class_names": data.get("class_names"), "step": step,
+            "sample_rate": data.get("sample_rate"),
             "difflab_version": __version__}
     state = {"step": step, "optimizer": optimizer.state_dict(), **extra}
     final = out_dir / MODEL_DIR
@@ -122,7 +123,7 @@ def read_config(model_dir) -> tuple[TrainConfig, dict]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     info = {k: meta.pop(k, None) for k in ("data_shape", "data_kind", "data_name", "class_names", "step",
-                                           "difflab_version")}
+                                           "difflab_version", "sample_rate")}
     try:
         config = TrainConfig.from_dict(meta)
     except (TypeError, ValueError) as e:

@@ -26,6 +26,7 @@ import torch
 
 from ..io import atomic
 from ..nets import UNET_PRESETS, DiTConfig, MLPConfig, UNetConfig
+from ..nets.wavenet import WaveNetConfig
 from ..nets.text import TextConfig
 from ..samplers import SAMPLERS
 from ..schedules import EDM, DiscreteVP, Flow, consistency_sigmas, make_schedule
@@ -33,7 +34,7 @@ from .data import SHAPES_TEXT_VOCAB
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "save_config", "config_from_dict", "native_sampling"]
 
-NETWORKS = ("unet", "dit", "mlp")
+NETWORKS = ("unet", "dit", "mlp", "wavenet")
 TRAIN_PREDICTIONS = ("eps", "x0", "v", "flow", "edm", "consistency")
 WEIGHTINGS = ("uniform", "min_snr", "edm")
 PRECISIONS = ("fp32", "bf16")
@@ -42,6 +43,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 TIME_SAMPLINGS = ("default", "uniform", "logit_normal")
 COUPLINGS = ("independent", "ot", "pairs")
 OBJECTIVES = ("denoising", "progressive", "consistency", "guided")
+TASKS = ("generate", "impute")
 _DICT_FIELDS = ("net", "schedule", "distill", "native")
 #: Presets of latent models: they train on the latents of an autoencoder given as --autoencoder DIR.
 LATENT_PRESETS = {"digits-latent": "digits-ae", "shapes-text": "shapes-ae"}
@@ -87,6 +89,12 @@ class TrainConfig:
     the autoencoder, which decodes its samples. A text-conditional model is a network whose config
     has a ``text`` entry (a :class:`~difflab.nets.text.TextConfig`) on captioned data; ``cond_drop``
     is then also the caption dropout.
+
+    ``task``: ``generate`` (the default) learns the data's law; ``impute`` (signals, CSDI, Tashiro
+    et al. 2021) learns the law of the missing values given the observed ones: each training signal
+    gets a random observation mask (a known past for forecasting or scattered observed points,
+    :func:`~difflab.training.losses.draw_observation_mask`), the network sees the observed values and
+    the mask as extra channels, and the loss counts the missing values only.
     """
 
     preset: str = "custom"
@@ -134,6 +142,7 @@ class TrainConfig:
     distill: dict = field(default_factory=dict)
     native: dict = field(default_factory=dict)
     autoencoder: str | None = None
+    task: str = "generate"
 
     def __post_init__(self):
         for name, hint in _hints().items():
@@ -254,7 +263,7 @@ def _validate(c: TrainConfig) -> None:
     """Range and choice checks, each a one-sentence ValueError."""
     choices = {"network": NETWORKS, "prediction": TRAIN_PREDICTIONS, "weighting": WEIGHTINGS,
                "precision": PRECISIONS, "compile": COMPILE_MODES, "time_sampling": TIME_SAMPLINGS,
-               "coupling": COUPLINGS, "objective": OBJECTIVES, "lr_decay": LR_DECAYS}
+               "coupling": COUPLINGS, "objective": OBJECTIVES, "lr_decay": LR_DECAYS, "task": TASKS}
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
             raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
@@ -304,6 +313,8 @@ def _validate(c: TrainConfig) -> None:
     if c.time_sampling != "default" and isinstance(schedule, (EDM, DiscreteVP)):
         raise ValueError(f"TrainConfig.time_sampling {c.time_sampling!r} applies to continuous-time schedules; "
                          f"{type(schedule).__name__} draws its own noise levels")
+    if c.task == "impute" and (c.network != "wavenet" or c.objective != "denoising"):
+        raise ValueError("TrainConfig.task 'impute' trains a wavenet on signals with the denoising objective")
     if not c.logit_std > 0 or not math.isfinite(c.logit_std) or not math.isfinite(c.logit_mean):
         raise ValueError(f"TrainConfig.logit_std must be positive, got {c.logit_std}")
 
@@ -338,8 +349,23 @@ def _presets() -> dict[str, TrainConfig]:
         preset="toy2d", data="moons", network="mlp", net=MLPConfig(hidden_channels=128, depth=3).to_dict(), **edm,
         lr=3e-3, warmup_steps=100, batch_size=512, steps=2000, ema_decay=0.995, ckpt_every=1000,
         sample_every=1000, log_every=20)
+    # 1-D signals: a DiffWave network (Kong et al. 2021) under EDM preconditioning, sigma_data the
+    # data's standard deviation (ar1 1, sines about 0.54, tones about 0.19).
+    wavenet = WaveNetConfig(residual_channels=32, layers=8, dilation_cycle=6).to_dict()
+    ar1 = TrainConfig(
+        preset="ar1", data="ar1", network="wavenet", net=wavenet, **edm, sigma_data=1.0, lr=1e-3,
+        warmup_steps=100, lr_decay="cosine", batch_size=128, steps=3000, ema_decay=0.999, ckpt_every=1000,
+        sample_every=1000, log_every=50)
     return {
         "digits": digits,
+        "ar1": ar1,
+        # CSDI-style imputation and forecasting (Tashiro et al. 2021): observed values and mask as
+        # conditioning channels; the loss counts the missing values.
+        "ar1-csdi": ar1.replace(preset="ar1-csdi", task="impute"),
+        "sines": ar1.replace(preset="sines", data="sines", sigma_data=0.5),
+        "tones": ar1.replace(
+            preset="tones", data="tones", sigma_data=0.2, batch_size=16, steps=2000,
+            net=WaveNetConfig(residual_channels=32, layers=10, dilation_cycle=10).to_dict()),
         # The demo's model (make demo): 16 channels, one residual block per level, no attention but
         # the middle block's, 1500 steps with a cosine decay: about 90 s of training on 2 CPU cores.
         # Its samples are best with a stochastic sampler (FD about 0.55x dpmpp_2m's at 20 steps).

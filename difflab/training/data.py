@@ -1,8 +1,9 @@
-"""Data sets: built-in (digits, shapes, captioned shapes-text, 2-D toys) and user data (image folders,
-.npy / .npz).
+"""Data sets: built-in (digits, shapes, captioned shapes-text, 2-D toys, the signals ar1, sines and
+tones) and user data (image folders, folders of WAV files, .npy / .npz).
 
 Everything is held in memory as one `Dataset`: images are float32 `(N, C, H, W)` in [-1, 1],
-points float32 `(N, D)`, labels int64 `(N,)` or None. `load_dataset(spec)` is the one entry point;
+points float32 `(N, D)`, signals float32 `(N, C, L)` (time series of any range, or audio in
+[-1, 1] with a sample rate), labels int64 `(N,)` or None. `load_dataset(spec)` is the one entry point;
 `spec` is a name from `BUILTINS` or a path. Nothing is ever downloaded.
 
 Batching is a pure function of `(seed, step)` (`batch_indices`), so a training run resumed at
@@ -29,14 +30,17 @@ from ..io.images import DataError
 SPLITS = ("train", "test")
 DEFAULT_SIZE = {"train": 10_000, "test": 1_000}  # generated sets (toys, shapes, shapes-text)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+AUDIO_EXTENSIONS = (".wav",)
 RANGE_TOLERANCE = 1e-3  # float images may exceed [-1, 1] by rounding error, not more
 
 
 @dataclass
 class Dataset:
-    """An in-memory data set: `x` images `(N, C, H, W)` or points `(N, D)`, `y` labels or None.
+    """An in-memory data set: `x` images `(N, C, H, W)`, points `(N, D)` or signals `(N, C, L)`,
+    `y` labels or None.
 
-    `num_classes` is inferred from `y` when not given; `class_names[k]` names label k.
+    `num_classes` is inferred from `y` when not given; `class_names[k]` names label k;
+    `sample_rate` (Hz) marks signals that are audio.
     """
 
     x: torch.Tensor
@@ -46,12 +50,15 @@ class Dataset:
     class_names: tuple[str, ...] | None = None
     noise: torch.Tensor | None = None  # a noise sample paired with each x (reflow pairs)
     captions: tuple[str, ...] | None = None  # a caption per x (text-conditional data)
+    sample_rate: int | None = None  # audio signals: samples per second
 
     def __post_init__(self):
-        if self.x.ndim not in (2, 4) or len(self.x) == 0:
+        if self.x.ndim not in (2, 3, 4) or len(self.x) == 0:
             raise DataError(
-                f"{self.name}: need images (N, C, H, W) or points (N, D), got {tuple(self.x.shape)}"
+                f"{self.name}: need images (N, C, H, W), signals (N, C, L) or points (N, D), got {tuple(self.x.shape)}"
             )
+        if self.sample_rate is not None and (self.x.ndim != 3 or self.sample_rate < 1):
+            raise DataError(f"{self.name}: a sample rate applies to signals (N, C, L) and must be positive")
         if self.y is not None:
             if self.y.shape != (len(self.x),) or self.y.dtype != torch.int64:
                 raise DataError(f"{self.name}: labels must be int64 of shape ({len(self.x)},)")
@@ -71,12 +78,12 @@ class Dataset:
 
     @property
     def kind(self) -> str:
-        """"image" for `(N, C, H, W)` data, "points" for `(N, D)`."""
-        return "image" if self.x.ndim == 4 else "points"
+        """"image" for `(N, C, H, W)` data, "signal" for `(N, C, L)`, "points" for `(N, D)`."""
+        return {4: "image", 3: "signal", 2: "points"}[self.x.ndim]
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The shape of one sample: `(C, H, W)` or `(D,)`."""
+        """The shape of one sample: `(C, H, W)`, `(C, L)` or `(D,)`."""
         return tuple(self.x.shape[1:])
 
     def __len__(self) -> int:
@@ -103,7 +110,8 @@ class Dataset:
         """JSON-serialisable description (for a model's config.json)."""
         names = None if self.class_names is None else list(self.class_names)
         return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "size": len(self),
-                "num_classes": self.num_classes, "class_names": names, "captioned": self.captions is not None}
+                "num_classes": self.num_classes, "class_names": names, "captioned": self.captions is not None,
+                "sample_rate": self.sample_rate}
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int, device=None) -> torch.Tensor:
@@ -372,10 +380,101 @@ def _shapes_text(split: str, size: int | None, seed: int, resolution: int = 32) 
     return Dataset(x, y, len(SHAPES_TEXT_CAPTIONS), "shapes-text", SHAPES_TEXT_CAPTIONS, captions=captions)
 
 
-BUILTINS = ("digits", "shapes", "shapes-text", *TOY_SETS)
+# --- Signals ---------------------------------------------------------------------------------------
+
+AR1_PHI, AR1_LENGTH = 0.9, 64
+SINES_LENGTH, SINES_CYCLES, SINES_AMPLITUDE = 64, (1.0, 8.0), (0.5, 1.0)
+TONES_RATE, TONES_LENGTH, TONES_F0 = 8000, 1024, (200.0, 800.0)
+TONES_HARMONICS = (1.0, 0.5, 0.25, 0.125)  # amplitudes of the fundamental and its first overtones
+
+
+def _ar1(split: str, size: int | None, seed: int) -> Dataset:
+    """A stationary Gaussian AR(1) process x_t = phi x_{t-1} + sqrt(1 - phi^2) e_t, e_t ~ N(0, 1), with
+    phi = `AR1_PHI` = 0.9 and x_0 ~ N(0, 1): unit marginal variance and the Toeplitz covariance
+    phi^|i - j| (`difflab.exact.ar1_covariance`); `AR1_LENGTH` = 64 steps, one channel."""
+    rng, n = _split_rng(seed, split), size or DEFAULT_SIZE[split]
+    e = rng.standard_normal((n, AR1_LENGTH))
+    x = np.empty_like(e)
+    x[:, 0] = e[:, 0]
+    for t in range(1, AR1_LENGTH):
+        x[:, t] = AR1_PHI * x[:, t - 1] + math.sqrt(1 - AR1_PHI**2) * e[:, t]
+    return Dataset(torch.from_numpy(x).float()[:, None], name="ar1")
+
+
+def _sines(split: str, size: int | None, seed: int) -> Dataset:
+    """a sin(2 pi f t / L + p) for t = 0..L-1, L = `SINES_LENGTH` = 64: f ~ U(1, 8) cycles per window,
+    phase p ~ U(0, 2 pi), amplitude a ~ U(1/2, 1); one channel."""
+    rng, n = _split_rng(seed, split), size or DEFAULT_SIZE[split]
+    f, p = rng.uniform(*SINES_CYCLES, (n, 1)), rng.uniform(0, 2 * math.pi, (n, 1))
+    a = rng.uniform(*SINES_AMPLITUDE, (n, 1))
+    t = np.arange(SINES_LENGTH)[None] / SINES_LENGTH
+    return Dataset(torch.from_numpy(a * np.sin(2 * math.pi * f * t + p)).float()[:, None], name="sines")
+
+
+def _tones(split: str, size: int | None, seed: int) -> Dataset:
+    """Short musical tones sampled at `TONES_RATE` = 8 kHz, `TONES_LENGTH` = 1024 samples (128 ms):
+    a fundamental f0 log-uniform in `TONES_F0` = [200, 800] Hz with harmonics k f0 of amplitudes
+    `TONES_HARMONICS` (1, 1/2, 1/4, 1/8) and random phases, under an envelope of a 5 ms linear
+    attack and an exponential decay of time constant U(40, 120) ms, scaled to a peak in U(0.3, 0.9)."""
+    rng, n = _split_rng(seed, split), size or DEFAULT_SIZE[split]
+    t = np.arange(TONES_LENGTH)[None] / TONES_RATE
+    f0 = np.exp(rng.uniform(*np.log(TONES_F0), (n, 1)))
+    x = np.zeros((n, TONES_LENGTH))
+    for k, amp in enumerate(TONES_HARMONICS, start=1):
+        x += amp * np.sin(2 * math.pi * k * f0 * t + rng.uniform(0, 2 * math.pi, (n, 1)))
+    envelope = np.minimum(t / 0.005, 1) * np.exp(-t / rng.uniform(0.04, 0.12, (n, 1)))
+    x *= envelope
+    x *= rng.uniform(0.3, 0.9, (n, 1)) / np.abs(x).max(1, keepdims=True)
+    return Dataset(torch.from_numpy(x).float()[:, None], name="tones", sample_rate=TONES_RATE)
+
+
+SIGNAL_SETS = {"ar1": _ar1, "sines": _sines, "tones": _tones}
+
+BUILTINS = ("digits", "shapes", "shapes-text", *TOY_SETS, *SIGNAL_SETS)
 
 
 # --- User data -----------------------------------------------------------------------------------
+
+
+def _files(root: Path, extensions) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in extensions and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def _load_wav_folder(root: Path, files: list[Path], size: int | None, seed: int) -> Dataset:
+    """Every .wav file below `root` as one signal (C, L) in [-1, 1]: all must share the sample rate
+    and the channel count; longer files are cut to the shortest length (with a warning).
+    Unreadable files are skipped with a warning."""
+    from ..io.signals import read_wav  # scipy's wavfile: imported only for audio folders
+
+    signals, rates, broken = [], set(), []
+    for i in _subset(len(files), size, seed):
+        try:
+            x, rate = read_wav(files[i])
+        except DataError:
+            broken.append(files[i].relative_to(root).as_posix())
+            continue
+        signals.append(x)
+        rates.add(rate)
+    if broken:
+        warnings.warn(f"{root}: skipped {len(broken)} WAV files that could not be read: "
+                      f"{', '.join(broken[:5])}{', ...' if len(broken) > 5 else ''}", stacklevel=3)
+    if not signals:
+        raise DataError(f"{root}: none of the WAV files could be read")
+    if len(rates) > 1:
+        raise DataError(f"{root}: the WAV files have different sample rates ({sorted(rates)} Hz); resample "
+                        "them to one rate first")
+    if len({x.shape[0] for x in signals}) > 1:
+        raise DataError(f"{root}: the WAV files mix mono and multi-channel audio; convert them to one channel count")
+    length = min(x.shape[1] for x in signals)
+    if any(x.shape[1] != length for x in signals):
+        warnings.warn(f"{root}: WAV files of different lengths; each is cut to the shortest, {length} samples",
+                      stacklevel=3)
+    x = torch.from_numpy(np.stack([s[:, :length] for s in signals])).float()
+    return Dataset(x, name=root.name, sample_rate=rates.pop())
 
 
 def _load_folder(
@@ -384,14 +483,13 @@ def _load_folder(
     """Every png/jpg/jpeg/webp file below `root` (hidden files skipped); labels = sorted names of
     the top-level sub-folders when every image lies in one. Unreadable files are skipped with a
     warning. Without `resolution`, images of differing sizes are cropped to the smallest side.
+    A folder of .wav files (and no images) is a set of audio signals (`_load_wav_folder`).
     """
-    files = sorted(
-        p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    files = _files(root, IMAGE_EXTENSIONS)
+    if not files and (audio := _files(root, AUDIO_EXTENSIONS)):
+        return _load_wav_folder(root, audio, size, seed)
     if not files:
-        raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+        raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) or WAV files found")
     folders = [p.relative_to(root).parts[0] if p.parent != root else None for p in files]
     class_names = None if None in folders else tuple(sorted(set(folders)))
     keep = _subset(len(files), size, seed)
@@ -431,8 +529,8 @@ def _load_array(path: Path, size: int | None, seed: int) -> Dataset:
     and, optionally, a standard normal `noise` paired with each sample (the pairs of a reflow).
 
     uint8 images map from [0, 255] to [-1, 1]; float images must lie in [-1, 1]; (N, H, W, C) with
-    C in {1, 3, 4} (and the second axis not) is transposed to (N, C, H, W); (N, H, W) gets one
-    channel; (N, D) is points, of any range.
+    C in {1, 3, 4} (and the second axis not) is transposed to (N, C, H, W); uint8 (N, H, W) is
+    images of one channel; float (N, C, L) is signals and (N, D) points, both of any range.
     """
     try:
         arrays = np.load(path, allow_pickle=False)
@@ -467,15 +565,14 @@ def _load_array(path: Path, size: int | None, seed: int) -> Dataset:
 
 
 def _array_to_tensor(x: np.ndarray, path: Path) -> torch.Tensor:
-    """Images to float (N, C, H, W) in [-1, 1], points to float (N, D); see `_load_array`."""
-    if x.ndim == 3:
+    """Images to float (N, C, H, W) in [-1, 1], signals to (N, C, L), points to (N, D); see `_load_array`."""
+    if x.ndim == 3 and x.dtype == np.uint8:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
         x = x.transpose(0, 3, 1, 2)
-    if x.ndim not in (2, 4) or len(x) == 0:
-        raise DataError(
-            f"{path}: need images (N, C, H, W), (N, H, W, C), (N, H, W) or points (N, D); got {x.shape}"
-        )
+    if x.ndim not in (2, 3, 4) or len(x) == 0 or 0 in x.shape:
+        raise DataError(f"{path}: need images (N, C, H, W), (N, H, W, C), uint8 (N, H, W), signals (N, C, L) "
+                        f"or points (N, D); got {x.shape}")
     if x.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(x)).float() / 127.5 - 1
     if not np.issubdtype(x.dtype, np.floating):
@@ -483,7 +580,7 @@ def _array_to_tensor(x: np.ndarray, path: Path) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(x)).float()
     if not torch.isfinite(x).all():
         raise DataError(f"{path}: the array holds NaN or infinite values")
-    if x.ndim == 2:
+    if x.ndim in (2, 3):
         return x
     lo, hi = x.min().item(), x.max().item()
     if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
@@ -494,9 +591,9 @@ def _array_to_tensor(x: np.ndarray, path: Path) -> torch.Tensor:
 def _conform(ds: Dataset, resolution: int | None, channels: int | None) -> Dataset:
     """Resize / convert an image data set to the requested resolution and channels (labels and
     captions kept)."""
-    if ds.kind == "points":
+    if ds.kind != "image":
         if resolution is not None or channels is not None:
-            raise DataError(f"{ds.name} is a set of points; resolution and channels apply to images only")
+            raise DataError(f"{ds.name} is a set of {ds.kind}s; resolution and channels apply to images only")
         return ds
     if ds.noise is not None and (resolution, channels) != (None, None):
         raise DataError(f"{ds.name} pairs data with noise; it cannot be resized or converted")
@@ -520,7 +617,7 @@ def load_dataset(
     resolution: images are resized (shorter side) and centre-cropped to resolution^2; shapes and
         shapes-text are rendered at it (default 32).
     channels: 1 (grayscale) or 3 (RGB); default: as stored (folders: 1 if every file is gray).
-    size: generated sets (toys, shapes, shapes-text) have this many samples (default 10,000 train /
+    size: generated sets (toys, shapes, shapes-text, signals) have this many samples (default 10,000 train /
         1,000 test); stored sets are reduced to a random subset of at most this many.
     seed: the generated samples (toys, shapes, shapes-text) and the subset chosen by `size`.
     Raises DataError for an unknown name, a missing or unreadable path, invalid contents, or
@@ -536,6 +633,8 @@ def load_dataset(
         raise DataError(f"resolution must be positive, got {resolution}")
     if spec in TOY_SETS:
         ds = _toy(spec, split, size, seed)
+    elif spec in SIGNAL_SETS:
+        ds = SIGNAL_SETS[spec](split, size, seed)
     elif spec == "digits":
         ds = _digits(split, size, seed)
     elif spec == "shapes":
@@ -556,5 +655,5 @@ def load_dataset(
         elif path.suffix.lower() in (".npy", ".npz"):
             ds = _load_array(path, size, seed)
         else:
-            raise DataError(f"{path}: unsupported data file; use a folder of images, a .npy or a .npz")
+            raise DataError(f"{path}: unsupported data file; use a folder of images or WAV files, a .npy or a .npz")
     return _conform(ds, resolution, channels)

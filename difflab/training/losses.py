@@ -16,12 +16,14 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import NetworkDenoiser, append_dims, edm_coefficients, prediction_from_x0
+from ..editing.inpaint import observation_condition
 from ..likelihood.learned import hybrid_vlb_term
 from ..nets.text import empty_caption
 from ..schedules import EDM, DiscreteVP, Schedule
 
 __all__ = ["sample_training_sigmas", "x0_output_scale", "x0_weight", "loss_weight", "draw_noise",
-           "drop_labels", "drop_captions", "ot_pairing", "denoising_loss", "diffusion_loss"]
+           "drop_labels", "drop_captions", "ot_pairing", "denoising_loss", "diffusion_loss",
+           "draw_observation_mask"]
 
 
 def sample_training_sigmas(schedule: Schedule, n: int, generator: torch.Generator | None = None, *,
@@ -158,6 +160,22 @@ def draw_noise(schedule: Schedule, x0: torch.Tensor, y, config, generator=None, 
     return sigma, noise, drop_labels(y, config.cond_drop, null, generator)
 
 
+def draw_observation_mask(x0: torch.Tensor, generator=None) -> torch.Tensor:
+    """Random observation masks (1 = observed) for training an imputation model on signals
+    (B, C, L), shared by the channels of a signal (CSDI's random and history strategies, Tashiro et
+    al. 2021, sec. 4.1): with probability 1/2 a known past, the first k steps with k uniform in
+    {1, ..., L - 1} (forecasting); otherwise each step observed with probability r ~ U(0.1, 0.9)
+    (imputation). At least one step of each signal is missing."""
+    b, _, length = x0.shape
+    dev = x0.device
+    past = torch.arange(length, device=dev)[None] < torch.randint(1, length, (b, 1), generator=generator, device=dev)
+    rate = 0.1 + 0.8 * torch.rand(b, 1, generator=generator, device=dev)
+    scattered = torch.rand(b, length, generator=generator, device=dev) < rate
+    scattered[torch.arange(b, device=dev), torch.randint(0, length, (b,), generator=generator, device=dev)] = False
+    forecast = torch.rand(b, 1, generator=generator, device=dev) < 0.5
+    return torch.where(forecast, past, scattered)[:, None].expand_as(x0).to(x0.dtype)
+
+
 def network_target(denoiser: NetworkDenoiser, x0, x, sigma, alpha, noise=None):
     """What F should output at (x, sigma) for clean data x0 (and the noise, when known):
     ``prediction_from_x0``, or for EDM preconditioning (x0 - c_skip x) / c_out (Karras et al.
@@ -169,12 +187,15 @@ def network_target(denoiser: NetworkDenoiser, x0, x, sigma, alpha, noise=None):
     return prediction_from_x0(denoiser.prediction, x0, x, s, append_dims(alpha, x0.ndim), eps=noise)
 
 
-def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config, extra_cond: dict | None = None):
+def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config, extra_cond: dict | None = None,
+                   loss_mask: torch.Tensor | None = None):
     """Weighted denoising loss for given sigma and noise: (mean, per-sample losses (B,)).
 
     x = x0 + sigma n (n itself at sigma = inf, for a flow); per-sample loss = w(sigma) mean_i
     (F_i - target_i)^2 with w from :func:`loss_weight`. ``y`` None trains unconditionally;
-    ``extra_cond``: more keyword inputs of the network (the guidance scale ``w`` of a guided student).
+    ``extra_cond``: more keyword inputs of the network (the guidance scale ``w`` of a guided student,
+    the observations of an imputation model). ``loss_mask`` (like x0, 1 = counted): the mean runs
+    over those coordinates only (the missing values of an imputation model).
     """
     s = append_dims(sigma, x0.ndim).to(x0.dtype)
     x = torch.where(torch.isinf(s), noise, x0 + s * noise)  # at sigma = inf the state is the noise
@@ -187,7 +208,11 @@ def denoising_loss(denoiser: NetworkDenoiser, x0, sigma, noise, y, config, extra
     target = network_target(denoiser, x0, x, sigma, alpha, noise).to(out.dtype)
     w = loss_weight(config.weighting, denoiser.prediction, sigma, alpha, gamma=config.min_snr_gamma,
                     sigma_data=denoiser.sigma_data).to(out.dtype)
-    per_sample = w * (out - target).square().flatten(1).mean(1)
+    if loss_mask is None:
+        per_sample = w * (out - target).square().flatten(1).mean(1)
+    else:
+        lm = loss_mask.to(out.dtype).flatten(1)
+        per_sample = w * ((out - target).square().flatten(1) * lm).sum(1) / lm.sum(1).clamp_min(1)
     if v is not None and getattr(config, "vlb_weight", 0.0) > 0:
         per_sample = per_sample + config.vlb_weight * hybrid_vlb_term(denoiser, x0, x, sigma, out, v)
     return per_sample.mean(), per_sample

@@ -27,7 +27,8 @@ from ..guidance import cfg
 from ..samplers.stepping import heun_step
 from ..schedules import consistency_grid, make_schedule
 from .checkpoint import build_model
-from .losses import denoising_loss, draw_noise, drop_captions, drop_labels
+from ..editing.inpaint import observation_condition
+from .losses import denoising_loss, draw_noise, draw_observation_mask, drop_captions, drop_labels
 
 __all__ = ["Objective", "Denoising", "Progressive", "Consistency", "Guided", "make_objective", "load_teacher",
            "ddim_step", "progressive_target", "guided_target", "ct_discretisation", "pseudo_huber"]
@@ -64,16 +65,22 @@ class Objective:
 
 
 class Denoising(Objective):
-    """The denoising loss (:func:`difflab.training.losses.denoising_loss`)."""
+    """The denoising loss (:func:`difflab.training.losses.denoising_loss`); for ``task = "impute"``
+    with a random observation mask per signal, the observations as the network's ``condition`` and
+    the loss on the missing values only (CSDI, Tashiro et al. 2021, Algorithm 1)."""
 
     def draw(self, x0, y, paired, generator, step, text=None):
         sigma, noise, y = draw_noise(self.student.schedule, x0, y, self.config, generator, paired)
-        return {"x0": x0, "sigma": sigma, "noise": noise, "y": y, "text": self._drop_text(text, generator)}
+        batch = {"x0": x0, "sigma": sigma, "noise": noise, "y": y, "text": self._drop_text(text, generator)}
+        if self.config.task == "impute":
+            mask = draw_observation_mask(x0, generator)
+            batch.update(condition=observation_condition(x0, mask), loss_mask=1 - mask)
+        return batch
 
     def loss(self, b):
-        extra = {k: b[k] for k in ("w", "text") if b.get(k) is not None}
+        extra = {k: b[k] for k in ("w", "text", "condition") if b.get(k) is not None}
         return denoising_loss(self.student, b["x0"], b["sigma"], b["noise"], b.get("y"), self.config,
-                              extra_cond=extra or None)
+                              extra_cond=extra or None, loss_mask=b.get("loss_mask"))
 
 
 def ddim_step(x, x0_hat, sigma, sigma_next):

@@ -32,7 +32,9 @@ from torch import nn
 
 from ..denoisers import NetworkDenoiser
 from ..io import atomic
+from ..editing.inpaint import observed_denoiser
 from ..io.images import save_grid, save_scatter
+from ..io.signals import save_signals
 from ..nets import build_network
 from ..nets.text import TextConfig, Tokenizer
 from ..samplers import default_sigmas, generate
@@ -49,11 +51,13 @@ __all__ = ["train", "prepare_data", "resolve_config", "make_optimizer", "cuda_fa
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
 IMAGE_NETWORKS = ("unet", "dit")
+NETWORK_OF_KIND = {"image": IMAGE_NETWORKS, "signal": ("wavenet",), "points": ("mlp",)}
 #: Fields that may change when a run is resumed: they do not affect the trained weights.
 RESUMABLE_CHANGES = {"preset", "steps", "ckpt_every", "sample_every", "log_every", "sample_sampler",
                      "sample_steps", "compile"}
 SAMPLE_GRID = 64  # images per sample grid (8 per class for class-conditional models)
 SAMPLE_POINTS = 2000  # points per scatter plot
+SAMPLE_SIGNALS = 8  # signals per plot
 
 
 def step_seed(*keys: int) -> int:
@@ -139,12 +143,17 @@ def encode_latents(ds: Dataset, autoencoder_dir, device) -> Dataset:
 def resolve_config(config: TrainConfig, ds: Dataset) -> TrainConfig:
     """Fill the network config's data-dependent fields from the data set: channels and resolution
     (UNet) or dimension (MLP), and num_classes."""
-    if (config.network in IMAGE_NETWORKS) != (ds.kind == "image"):
+    if config.network not in NETWORK_OF_KIND[ds.kind]:
         raise ValueError(f"network {config.network!r} does not fit {ds.kind} data ({ds.name}); use "
-                         f"{' or '.join(IMAGE_NETWORKS) if ds.kind == 'image' else 'mlp'}")
+                         f"{' or '.join(NETWORK_OF_KIND[ds.kind])}")
+    if config.task == "impute" and ds.kind != "signal":
+        raise ValueError(f"task 'impute' needs signals (N, C, L); {ds.name} holds {ds.kind}s")
     net = dict(config.net, num_classes=config.num_classes)
     if ds.kind == "image":
         net.update(in_channels=ds.shape[0], resolution=ds.shape[1])
+    elif ds.kind == "signal":
+        net.update(in_channels=ds.shape[0], length=ds.shape[1],
+                   cond_channels=2 * ds.shape[0] if config.task == "impute" else 0)
     else:
         net.update(dim=ds.shape[0])
     return config.replace(net=net)
@@ -344,6 +353,8 @@ def _save_samples(run: _Run) -> Path:
     if ds.kind == "points":
         n = SAMPLE_POINTS
         y = None if c.num_classes is None else torch.arange(n) % c.num_classes
+    elif ds.kind == "signal":
+        n, y = SAMPLE_SIGNALS, None if c.num_classes is None else torch.arange(SAMPLE_SIGNALS) % c.num_classes
     else:  # 8 per class for class-conditional models
         y = None if c.num_classes is None else torch.arange(c.num_classes).repeat_interleave(SAMPLE_GRID // 8)
         n = SAMPLE_GRID if y is None else len(y)
@@ -352,12 +363,19 @@ def _save_samples(run: _Run) -> Path:
         cond["w"] = torch.full((n,), (c.distill.get("w_min", 1.0) + c.distill.get("w_max", 5.0)) / 2)
     if run.tokens is not None:  # the first captions of the data set
         cond["text"] = run.tokens[torch.arange(n) % len(run.tokens)]
+    reference = ds.x[:n].to(run.device)
+    if c.task == "impute":  # forecasts of the second half of the first signals from their first half
+        past = (torch.arange(ds.shape[-1], device=run.device) < ds.shape[-1] // 2).expand_as(reference)
+        denoiser = observed_denoiser(denoiser, reference, past)
     x = generate(denoiser, ds.shape, n, sigmas, sampler, generator=gen, cond=cond or None, **options)
     if c.autoencoder is not None:
         ae, meta = load_autoencoder(c.autoencoder, run.device)
         x = decode_latents(ae, x.to(run.device), meta["scale_factor"]).cpu()
     if ds.kind == "points":
         save_scatter(x, path, reference=ds.x[:SAMPLE_POINTS], title=f"step {run.step}")
+    elif ds.kind == "signal":
+        title = f"step {run.step}" + (": forecasts of the second half" if c.task == "impute" else "")
+        save_signals(x.cpu(), path, reference=reference.cpu(), title=title)
     else:
         save_grid(x.clamp(-1, 1), path, nrow=8)
     run.net.train()
