@@ -18,7 +18,7 @@ from torch import nn
 
 from .denoisers import AutocastDenoiser, NetworkDenoiser
 from .guidance import check_labels, guided_denoiser
-from .samplers import LOGSNR_SAMPLERS, SAMPLERS, default_sigmas, generate
+from .samplers import LOGSNR_SAMPLERS, SAMPLE_BUDGET, SAMPLERS, default_sigmas, generate
 from .schedules import karras_sigmas, loglinear_sigmas, make_schedule, time_uniform_sigmas
 from .nets.text import TextConfig, Tokenizer
 from .training.autoencoder import decode_latents, encode_dataset, load_autoencoder
@@ -309,6 +309,8 @@ class TrainedModel:
         ``"auto"`` picks ``condition`` for an imputation model and ``repaint`` otherwise. Values
         where the mask is 0 are ignored (NaN allowed). Forecasting is the mask of a known past
         (:meth:`forecast`)."""
+        from tqdm.auto import tqdm
+
         from .editing import inpaint, observed_denoiser
 
         if self.data_kind != "signal" or self.autoencoder is not None:
@@ -342,18 +344,21 @@ class TrainedModel:
         gen.seed() if seed is None else gen.manual_seed(seed)
         if method == "condition":
             sampler, steps = sampler or "dpmpp_2m", steps or 20
-            sigmas = self.sigmas(steps, sampler=sampler)
-            den = observed_denoiser(self.sampling_denoiser(), rows, keep)
-            with cuda_fast_paths(self.device):
-                x = generate(den, self.data_shape, len(rows), sigmas, sampler, generator=gen, progress=progress,
-                             **options)
         else:
-            sampler, steps = sampler or "ddpm", steps or (50 if method == "repaint" else 100)
-            sigmas = self.sigmas(steps, sampler=sampler)
-            x = torch.cat([
-                inpaint(self.sampling_denoiser(), rows[i:i + (batch_size or 4096)], keep[i:i + (batch_size or 4096)],
-                        sigmas, method=method, generator=gen, sampler=sampler, **options)
-                for i in range(0, len(rows), batch_size or 4096)])
+            sampler, steps = sampler or "ddpm", steps or 100  # RePaint converges by 100 steps (tests/test_signals.py)
+        sigmas = self.sigmas(steps, sampler=sampler)
+        chunk = batch_size or max(1, SAMPLE_BUDGET // math.prod(self.data_shape))
+        parts = []
+        for i in tqdm(range(0, len(rows), chunk), desc="imputing", unit="batch", disable=not progress):
+            v, k = rows[i:i + chunk], keep[i:i + chunk]
+            with cuda_fast_paths(self.device):
+                if method == "condition":
+                    parts.append(generate(observed_denoiser(self.sampling_denoiser(), v, k), self.data_shape,
+                                          len(v), sigmas, sampler, generator=gen, **options))
+                else:
+                    parts.append(inpaint(self.sampling_denoiser(), v, k, sigmas, method=method, generator=gen,
+                                         sampler=sampler, **options).cpu())
+        x = torch.cat(parts).to(self.device)
         x = torch.where(keep, rows, x).cpu()
         return x.reshape(b, samples, *self.data_shape).transpose(0, 1)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __all__ = ["UserError", "DEFAULT_SAMPLER", "check_sampler", "check_positive", "parse_set", "add_model_options",
-           "add_sampling_options", "load_model", "sampler_options"]
+           "add_sampling_options", "add_option_argument", "load_model", "sampler_options"]
 
 DEFAULT_SAMPLER = "dpmpp_2m"
 
@@ -37,6 +37,11 @@ def add_sampling_options(p) -> None:
     p.add_argument("--schedule", default="auto", metavar="NAME|FILE.json",
                    help="sigma schedule: auto (the measured best for the sampler), karras, logsnr, uniform, "
                    "or a JSON list of sigmas (default: %(default)s)")
+    add_option_argument(p)
+
+
+def add_option_argument(p) -> None:
+    """--option KEY=VALUE: the sampler's own options (read by :func:`sampler_options`)."""
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option, e.g. eta=0.5 or order=2 (repeatable; see 'difflab info')")
 

@@ -3,8 +3,8 @@
 Every command has `--help`. Exit status: 0 on success, 2 with one line `difflab: error: ...` on a
 user error (bad options, a missing model directory, unreadable data: the library raises ValueError
 subclasses for those, caught here); genuine bugs still show their traceback. Each command module
-(`train`, `train_autoencoder`, `sample`, `reflow`, `distill`, `edit`, `info`, `evaluate`, `bench`,
-`demo`) has ``add_parser(sub)`` and
+(`train`, `train_autoencoder`, `sample`, `forecast` (with `impute`), `reflow`, `distill`, `edit`, `info`,
+`evaluate`, `bench`, `demo`) has ``add_parser(sub)`` and
 imports torch and the library only inside the command, so building the parser and printing help
 take no more than Python's start-up.
 """
@@ -15,7 +15,7 @@ import os
 import sys
 
 from ..version import __version__
-from . import bench, demo, distill, edit, evaluate, info, reflow, sample, train, train_autoencoder
+from . import bench, demo, distill, edit, evaluate, forecast, info, reflow, sample, train, train_autoencoder
 
 PROG = "difflab"
 
@@ -29,12 +29,14 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (no heavy imports)."""
-    parser = _Parser(prog=PROG, description="Diffusion models: train, sample, edit, evaluate, benchmark.")
+    parser = _Parser(prog=PROG, description="Diffusion models: train, sample, forecast, impute, edit, evaluate, "
+                     "benchmark.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     demo.add_parser(sub)
     train.add_parser(sub)
     sample.add_parser(sub)
+    forecast.add_parser(sub)
     train_autoencoder.add_parser(sub)
     reflow.add_parser(sub)
     distill.add_parser(sub, _Parser)
