@@ -358,14 +358,6 @@ def _presets() -> dict[str, TrainConfig]:
         sample_every=1000, log_every=50)
     return {
         "digits": digits,
-        "ar1": ar1,
-        # CSDI-style imputation and forecasting (Tashiro et al. 2021): observed values and mask as
-        # conditioning channels; the loss counts the missing values.
-        "ar1-csdi": ar1.replace(preset="ar1-csdi", task="impute"),
-        "sines": ar1.replace(preset="sines", data="sines", sigma_data=0.5),
-        "tones": ar1.replace(
-            preset="tones", data="tones", sigma_data=0.2, batch_size=16, steps=2000,
-            net=WaveNetConfig(residual_channels=32, layers=10, dilation_cycle=10).to_dict()),
         # The demo's model (make demo): 16 channels, one residual block per level, no attention but
         # the middle block's, 1500 steps with a cosine decay: about 90 s of training on 2 CPU cores.
         # Its samples are best with a stochastic sampler (FD about 0.55x dpmpp_2m's at 20 steps).
@@ -426,6 +418,14 @@ def _presets() -> dict[str, TrainConfig]:
             schedule=DiscreteVP("cosine", 1000).to_dict(), prediction="eps", weighting="uniform",
             vlb_weight=1e-3, steps=1500, ckpt_every=500, sample_every=500, sample_sampler="ddpm",
             sample_steps=50),
+        "ar1": ar1,
+        # CSDI-style imputation and forecasting (Tashiro et al. 2021): observed values and mask as
+        # conditioning channels; the loss counts the missing values.
+        "ar1-csdi": ar1.replace(preset="ar1-csdi", task="impute"),
+        "sines": ar1.replace(preset="sines", data="sines", sigma_data=0.5),
+        "tones": ar1.replace(
+            preset="tones", data="tones", sigma_data=0.2, batch_size=16, steps=2000,
+            net=WaveNetConfig(residual_channels=32, layers=10, dilation_cycle=10).to_dict()),
     }
 
 
