@@ -227,3 +227,29 @@ def test_masked_loss_counts_the_missing_values_only():
     lm = batch["loss_mask"]
     torch.testing.assert_close(per_sample, ((sq * lm).sum((1, 2)) / lm.sum((1, 2))).float())
     assert not torch.allclose(per_sample, sq.mean((1, 2)))  # the observed values do not count
+
+
+# --- a trained network against the exact denoiser ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_trained_ar1_network_approaches_the_exact_denoiser(tmp_path):
+    """The `ar1` preset's network (1,000 of its 3,000 steps) against the exact linear denoiser
+    Sigma (Sigma + sigma^2 I)^-1 x of the Toeplitz covariance: its excess error is a small part of
+    the least possible error E|D_exact - x0| at every noise level (benchmarks/signals.py has the
+    full run's numbers)."""
+    import difflab
+    from difflab.training import PRESETS, train
+
+    train(PRESETS["ar1"].replace(steps=1000, ckpt_every=0, sample_every=0), tmp_path, progress=False, device="cpu")
+    model = difflab.load(tmp_path, device="cpu")
+    exact = Gaussian(0.0, ar1_covariance(AR1_LENGTH, PHI))
+    x0 = load_dataset("ar1", split="test", size=500).x
+    gen = torch.Generator().manual_seed(0)
+    for sigma in (0.2, 0.5, 1.0, 2.0):
+        x = x0 + sigma * torch.randn(x0.shape, generator=gen)
+        s = torch.full((len(x),), sigma)
+        with torch.no_grad():
+            excess = (model.denoiser(x, s) - exact.denoiser(x, s)).square().mean().sqrt()
+        least = (exact.denoiser(x, s) - x0).square().mean().sqrt()
+        assert excess < 0.5 * least, (sigma, float(excess), float(least))
