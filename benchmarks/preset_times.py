@@ -26,7 +26,8 @@ from difflab.io import atomic
 from difflab.training import AE_PRESETS, PRESETS, train, train_autoencoder
 from difflab.training.config import LATENT_PRESETS
 
-TARGET_SECONDS = 20.0  # the longer of the two timed runs lasts about this long
+TARGET_SECONDS = 12.0
+SLOW_SECONDS = 30.0  # a 2-step run longer than this marks a network too big for long timed runs  # the longer of the two timed runs lasts about this long
 
 
 def _timed(fn) -> float:
@@ -36,13 +37,19 @@ def _timed(fn) -> float:
 
 
 def _per_step(run, work: Path) -> float:
-    """Seconds per step of ``run(steps, out_dir)``: from runs of 2 and of about TARGET_SECONDS."""
+    """Seconds per step of ``run(steps, out_dir)``: from runs of 2 and of about TARGET_SECONDS of
+    time (the length from a run of 10 steps), so that the set-up time cancels."""
     def timed(steps):
         shutil.rmtree(work, ignore_errors=True)
         return _timed(lambda: run(steps, work))
 
-    short = timed(2)
-    long_steps = max(4, min(200, round(TARGET_SECONDS / max(short / 2, 1e-3))))
+    if timed(2) > SLOW_SECONDS:  # a warm-up (the first run pays one-time costs); a big network: 1 and 3 steps
+        short, long = timed(1), timed(3)
+        shutil.rmtree(work, ignore_errors=True)
+        return max(long - short, 1e-6) / 2
+    short, mid = timed(2), timed(10)  # a first guess of the time per step, without the set-up time
+    guess = (mid - short) / 8 if mid > short else mid / 10
+    long_steps = max(10, min(400, round(TARGET_SECONDS / max(guess, 1e-3))))
     long = timed(long_steps)
     shutil.rmtree(work, ignore_errors=True)
     return max(long - short, 1e-6) / (long_steps - 2)
@@ -78,7 +85,7 @@ def main() -> None:
                 s = _per_step(_ae_run(config), tmp / "run")
                 table["autoencoder_presets"][name] = {"seconds_per_step": s, "steps": config.steps,
                                                       "seconds": s * config.steps}
-                print(f"{name:<14} {s * 1000:8.1f} ms/step  {s * config.steps:10.0f} s")
+                print(f"{name:<14} {s * 1000:8.1f} ms/step  {s * config.steps:10.0f} s", flush=True)
         for name, config in PRESETS.items():
             if not wanted(name):
                 continue
@@ -96,7 +103,8 @@ def main() -> None:
             s = _per_step(_train_run(config), tmp / "run")
             table["presets"][name] = {"seconds_per_step": s, "steps": config.steps, "seconds": s * config.steps,
                                       **({"note": note} if note else {})}
-            print(f"{name:<14} {s * 1000:8.1f} ms/step  {s * config.steps:10.0f} s")
+            print(f"{name:<14} {s * 1000:8.1f} ms/step  {s * config.steps:10.0f} s", flush=True)
+            atomic.write_text(args.out, json.dumps(table, indent=2) + "\n")  # what is measured is kept
     table["measured"] = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
                          "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
                          "command": "python benchmarks/preset_times.py"}

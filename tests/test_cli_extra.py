@@ -130,3 +130,20 @@ def test_eval_nll(capsys, models):
     assert status == 0, err
     assert "ODE" in out and "ELBO (10 steps" in out and out.count("bits/dim") == 2
     assert_user_error(run(capsys, "eval", models / "vp", "--nll", "--n", 2, "--probes", 2), "probes")
+
+
+def test_every_preset_has_a_measured_cpu_time(capsys):
+    """`difflab info` prints each preset's CPU time from difflab/training/preset_times.json
+    (benchmarks/preset_times.py): no preset may be missing from it."""
+    import json
+    from pathlib import Path
+
+    from difflab import training
+    from difflab.cli import main
+    from difflab.training import AE_PRESETS, PRESETS
+
+    table = json.loads((Path(training.__file__).parent / "preset_times.json").read_text())
+    assert set(PRESETS) <= set(table["presets"]) and set(AE_PRESETS) <= set(table["autoencoder_presets"])
+    assert all(v["seconds_per_step"] > 1e-5 for v in [*table["presets"].values(), *table["autoencoder_presets"].values()])
+    assert main(["info"]) == 0
+    assert "not measured" not in capsys.readouterr().out
