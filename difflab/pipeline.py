@@ -24,6 +24,7 @@ from .nets.text import TextConfig, Tokenizer
 from .training.autoencoder import decode_latents, encode_dataset, load_autoencoder
 from .training.checkpoint import AUTOENCODER_DIR, CheckpointError, build_model, find_model_dir
 from .training.config import TrainConfig, native_sampling
+from .training.data import torch_device
 from .training.trainer import cuda_fast_paths
 
 __all__ = ["TrainedModel", "load", "CheckpointError", "resolve_device", "resolve_dtype", "DTYPES",
@@ -41,15 +42,10 @@ MEMORY_FRACTION = 0.5  # of the free GPU memory that an automatic batch may use
 
 def resolve_device(device=None) -> torch.device:
     """``device``, or CUDA when it is available and the CPU otherwise."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise CheckpointError(f"unknown device {device!r} ({e})") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("device 'cuda' was asked for, but torch sees no CUDA GPU")
-    return device
+        return torch_device(None if device == "auto" else device)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def resolve_dtype(dtype=None) -> torch.dtype:

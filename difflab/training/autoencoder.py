@@ -36,7 +36,7 @@ from ..nets.autoencoder import Autoencoder, AutoencoderConfig
 from ..nets.layers import JSONConfig
 from ..version import __version__
 from .classifier import lr_factor
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, torch_device
 
 __all__ = ["AutoencoderTrainConfig", "AE_PRESETS", "train_autoencoder", "load_autoencoder", "gaussian_kl",
            "autoencoder_loss", "latent_scale_factor", "encode_dataset", "decode_latents",
@@ -216,18 +216,6 @@ def reconstruction_metrics(ae: Autoencoder, x: torch.Tensor, batch_size: int = 2
     return {"mse": mse, "psnr_db": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}
 
 
-def _device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {device!r} ({e})") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU")
-    return device
-
-
 def _load(config: AutoencoderTrainConfig, split: str = "train") -> Dataset:
     if config.data is None:
         raise ValueError("AutoencoderTrainConfig.data is not set; give a built-in data set name or a path")
@@ -250,7 +238,7 @@ def train_autoencoder(config: AutoencoderTrainConfig, out_dir, *, progress: bool
     ``out_dir``; returns the saved metadata: the configs, the latent scale factor
     (:func:`latent_scale_factor` over the training set), the held-out :func:`reconstruction_metrics`
     (test split for built-in data, else the training set), data info and training time."""
-    device = _device(device)
+    device = torch_device(device)
     out_dir = _check_out_dir(out_dir)
     ds = _load(config)
     net = AutoencoderConfig.from_dict({**config.net, "in_channels": ds.shape[0], "resolution": ds.shape[1]})

@@ -114,6 +114,21 @@ class Dataset:
                 "sample_rate": self.sample_rate}
 
 
+def torch_device(device, default: str | None = None) -> torch.device:
+    """``device`` (a name or a torch.device) checked to exist here, or ``default`` (None: CUDA when
+    there is a GPU, else the CPU) when it is None; ValueError for an unknown name or a CUDA device
+    without a GPU."""
+    if device is None:
+        device = default or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r} ({e})") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU")
+    return device
+
+
 def batch_indices(n: int, batch_size: int, seed: int, step: int, device=None) -> torch.Tensor:
     """Indices `(batch_size,)` of batch `step` of an endless shuffled stream over `range(n)`.
 

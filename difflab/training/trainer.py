@@ -43,7 +43,7 @@ from .checkpoint import (MODEL_DIR, CheckpointError, find_model_dir, load_weight
                          read_training_state, recover, save_checkpoint)
 from .autoencoder import decode_latents, encode_dataset, load_autoencoder
 from .config import LATENT_PRESETS, TrainConfig, native_sampling
-from .data import Dataset, batch_indices, load_dataset
+from .data import Dataset, batch_indices, load_dataset, torch_device
 from .objectives import make_objective
 
 __all__ = ["train", "prepare_data", "resolve_config", "make_optimizer", "cuda_fast_paths", "step_seed", "ema_decay_at", "lr_at",
@@ -401,14 +401,7 @@ def _distributed(device) -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether we started the process group) from torchrun's env vars."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {device!r} ({e})") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU")
+    device = torch_device(device, f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local)
     if device.type == "cuda":
