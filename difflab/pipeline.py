@@ -18,6 +18,7 @@ from torch import nn
 
 from .denoisers import AutocastDenoiser, NetworkDenoiser
 from .guidance import check_labels, guided_denoiser
+from .interop.diffusers import is_diffusers_dir, read_diffusers
 from .samplers import LOGSNR_SAMPLERS, SAMPLE_BUDGET, SAMPLERS, default_sigmas, generate
 from .schedules import karras_sigmas, loglinear_sigmas, make_schedule, time_uniform_sigmas
 from .nets.text import TextConfig, Tokenizer
@@ -61,16 +62,43 @@ def resolve_dtype(dtype=None) -> torch.dtype:
 
 def load(path, device=None, *, dtype=None, compile: bool = False) -> TrainedModel:
     """Load a model directory (or a training output folder holding ``model/``) for sampling, with
-    its EMA weights when it has them. ``device``: default CUDA when available, else the CPU;
+    its EMA weights when it has them, or a diffusers pipeline or model folder (``save_pretrained``
+    output, detected from its files; :mod:`difflab.interop`). ``device``: default CUDA when available, else the CPU;
     ``dtype`` and ``compile``: see :class:`TrainedModel`. Raises :class:`CheckpointError` (a
     ValueError) for a missing, incomplete or corrupt directory."""
     device = resolve_device(device)
+    if is_diffusers_dir(path):
+        return _load_diffusers(path, device, dtype, compile)
     net, config, info = build_model(path, device)
     autoencoder = find_model_dir(path) / AUTOENCODER_DIR
     model = TrainedModel(net, config, info["data_shape"], info["class_names"], info["data_kind"], info["step"],
                          dtype=dtype, compile=compile,
                          autoencoder=load_autoencoder(autoencoder, device) if autoencoder.is_dir() else None)
     model.sample_rate = info.get("sample_rate")
+    return model
+
+
+def _load_diffusers(path, device, dtype, compile) -> TrainedModel:
+    """A diffusers pipeline or model folder (:mod:`difflab.interop.diffusers`) as a TrainedModel: its
+    ``.config`` records the schedule, prediction and classes read from the folder (``preset`` is
+    ``diffusers:<class>``); sampling, guidance and editing work as for a difflab model."""
+    try:
+        found = read_diffusers(path, device=device)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    source = found.source
+    if source["class"] == "UNet2DConditionModel":
+        raise CheckpointError(f"{path}: a UNet2DConditionModel is conditioned on text embeddings "
+                              "(encoder_hidden_states) from its pipeline's text encoder, which difflab does not run; "
+                              "use difflab.interop.from_diffusers(path) and pass encoder_hidden_states to the denoiser")
+    config = TrainConfig(preset=f"diffusers:{source['class']}", data=str(path), schedule=found.schedule.to_dict(),
+                         prediction=found.prediction, sigma_data=found.sigma_data, num_classes=found.num_classes,
+                         resolution=found.data_shape[-1], channels=found.data_shape[0])
+    autoencoder = None if found.autoencoder is None else (found.autoencoder, {"scale_factor": found.scale_factor,
+                                                                               "source": "diffusers"})
+    model = TrainedModel(found.net, config, found.data_shape, found.class_names, "image", None, dtype=dtype,
+                         compile=compile, autoencoder=autoencoder)
+    model.source = source
     return model
 
 
@@ -102,6 +130,7 @@ class TrainedModel:
         self.class_names = None if class_names is None else tuple(class_names)
         self.data_kind = data_kind or ("image" if len(self.data_shape) == 3 else "points")
         self.sample_rate = None  # audio models: samples per second
+        self.source = None  # for a model from elsewhere (difflab.interop): where it came from
         self.step = step
         self.schedule = make_schedule(config.schedule)
         self.denoiser = NetworkDenoiser(net, self.schedule, config.prediction, config.sigma_data).eval()

@@ -110,8 +110,16 @@ def sigmoid_betas(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.0
     return torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
 
 
+def given_betas(T: int, betas) -> torch.Tensor:
+    """Betas given as numbers (a model's ``trained_betas``), T of them, each in (0, 1)."""
+    betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+    if len(betas) != T or not bool(((betas > 0) & (betas < 1)).all()):
+        raise ValueError(f"given betas must be {T} values in (0, 1), got {len(betas)}")
+    return betas
+
+
 _BETAS = {"linear": linear_betas, "cosine": cosine_betas, "scaled_linear": scaled_linear_betas,
-          "sigmoid": sigmoid_betas}
+          "sigmoid": sigmoid_betas, "given": given_betas}
 
 
 class DiscreteVP(Schedule):
@@ -290,11 +298,11 @@ def make_schedule(spec: dict | str) -> Schedule:
     ``"ve"``, ``"edm"``, ``"flow"``)."""
     if isinstance(spec, str):
         names = {"vp": ContinuousVP, "subvp": SubVP, "ve": VE, "edm": EDM, "flow": Flow}
-        if spec in _BETAS:
+        if spec in _BETAS and spec != "given":
             return DiscreteVP(spec)
         if spec in names:
             return names[spec]()
-        raise ValueError(f"unknown schedule {spec!r}; choose from {sorted([*_BETAS, *names])}")
+        raise ValueError(f"unknown schedule {spec!r}; choose from {sorted([*_BETAS.keys() - {'given'}, *names])}")
     spec = dict(spec)
     kind = spec.pop("kind")
     if kind == "DiscreteVP":
