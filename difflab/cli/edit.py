@@ -1,4 +1,4 @@
-"""`difflab edit METHOD`: inpaint, SDEdit, ILVR, invert or restore (DDRM) images with a model.
+"""`difflab edit METHOD`: inpaint, SDEdit, ILVR, invert or restore (DDRM, DPS) images with a model.
 
 Each method returns the figure's rows (each (B, C, H, W)) and their names.
 """
@@ -13,7 +13,7 @@ EDIT_TILE_PX = 64  # edit figures show each image at least this many pixels wide
 
 
 def add_parser(sub, parser_class) -> None:
-    p = sub.add_parser("edit", help="inpaint, SDEdit, ILVR, invert or restore (DDRM) images with a model",
+    p = sub.add_parser("edit", help="inpaint, SDEdit, ILVR, invert or restore (DDRM, DPS) images with a model",
                        description="Edit images with a trained image model; writes a PNG whose rows are "
                        "the input, the mask or measurement, and the output.")
     methods = p.add_subparsers(dest="editor", metavar="METHOD", required=True, parser_class=parser_class)
@@ -25,7 +25,8 @@ def add_parser(sub, parser_class) -> None:
     common.add_argument("--n", type=int, default=16, metavar="N", help="images taken from --from-data or a batch "
                         "(default: %(default)s)")
     common.add_argument("--out", type=Path, required=True, metavar="OUT.png", help="the PNG figure")
-    common.add_argument("--steps", type=int, default=20, metavar="K", help="sampling steps (default: %(default)s)")
+    common.add_argument("--steps", type=int, metavar="K", help="sampling steps (default: 20; dps: 100, as it "
+                        "needs many, docs/editing.md)")
     common.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)")
     common.add_argument("--schedule", default="auto", metavar="NAME|FILE.json",
                         help="sigma schedule: auto, karras, logsnr, uniform, or a JSON list of sigmas "
@@ -59,6 +60,17 @@ def add_parser(sub, parser_class) -> None:
     q.add_argument("--task", choices=("sr2", "sr4", "colorize", "inpaint"), default="sr2",
                    help="super-resolution x2/x4, colorization, or inpainting (default: %(default)s)")
     q.add_argument("--sigma-y", type=float, default=0.0, metavar="S", help="measurement noise (default: %(default)s)")
+    q = method("dps", "restore from a linear or nonlinear measurement (DPS, Chung et al. 2023)", [common, mask])
+    q.add_argument("--operator", choices=tuple(_DPS_OPERATORS), default="blur",
+                   help="the measurement: Gaussian blur, tanh(2x) saturation, Fourier magnitude (phase retrieval), "
+                   "inpainting or area downsampling (default: %(default)s)")
+    q.add_argument("--noise-std", type=float, default=0.05, metavar="S",
+                   help="std of the noise added to the measurement (default: %(default)s)")
+    q.add_argument("--scale", type=float, metavar="Z", help="DPS step size (default: the library's, the least biased "
+                   "in benchmarks/dps.py)")
+    q.add_argument("--blur-std", type=float, default=1.0, metavar="PX",
+                   help="blur std in pixels (default: %(default)s)")
+    q.add_argument("--factor", type=int, default=2, metavar="N", help="downsampling factor (default: %(default)s)")
 
 
 def run(args) -> None:
@@ -66,6 +78,8 @@ def run(args) -> None:
 
     from ..io import images as imageio
 
+    if args.steps is None:
+        args.steps = 100 if args.editor == "dps" else 20
     check_positive(n=args.n, steps=args.steps)
     if getattr(args, "sampler", None) is not None:
         check_sampler(args.sampler)
@@ -73,15 +87,15 @@ def run(args) -> None:
     if model.data_kind != "image":
         raise UserError(f"edit needs an image model; {args.model_dir} was trained on {model.config.data!r} points")
     latent = model.autoencoder is not None
-    if latent and args.editor in ("ilvr", "ddrm"):
-        raise UserError(f"{args.editor} restores pixels through a linear operator, but this latent model denoises "
+    if latent and args.editor in ("ilvr", "ddrm", "dps"):
+        raise UserError(f"{args.editor} restores pixels through a measurement operator, but this latent model denoises "
                         "latents; use inpaint, sdedit or invert (docs/latent.md)")
     x = _edit_inputs(args, model.image_shape).to(model.device)
     sigmas = model.sigmas(args.steps, args.schedule, sampler=getattr(args, "sampler", None))
     gen = torch.Generator(model.device).manual_seed(args.seed)
     # a latent model edits the latents of the images (masks pooled to the latent grid) and decodes
     args.latent_factor = model.image_shape[-1] // model.data_shape[-1] if latent else 1
-    with torch.inference_mode():
+    with torch.inference_mode(args.editor != "dps"):  # DPS takes gradients through the network
         rows, names = _EDITORS[args.editor](model.sampling_denoiser(), model.encode(x) if latent else x, sigmas,
                                             gen, args)
         if latent:
@@ -192,5 +206,63 @@ def _edit_ddrm(denoiser, x, sigmas, gen, args):
     return [x, op.H_pinv(y), out], ("input", f"measurement ({args.task}, sigma_y {args.sigma_y})", "DDRM")
 
 
+def _edit_dps(denoiser, x, sigmas, gen, args):
+    import torch
+
+    from ..editing import dps
+    from ..samplers import start_from_noise
+
+    if args.operator != "inpaint" and (args.mask is not None or args.mask_kind is not None):
+        raise UserError("--mask and --mask-kind apply to --operator inpaint only")
+    A, show = _DPS_OPERATORS[args.operator](args, x, gen)
+    y = A(x)
+    y = y + args.noise_std * torch.randn(y.shape, generator=gen, device=y.device)
+    start = start_from_noise(sigmas, torch.randn(x.shape, generator=gen, device=x.device))
+    options = {} if args.scale is None else {"scale": args.scale}
+    out = dps(denoiser, y, A, start, sigmas, noise_std=args.noise_std, generator=gen, **options)
+    return [x, show(y), out], ("input", f"measurement ({args.operator}, noise std {args.noise_std})", "DPS")
+
+
+def _dps_blur(args, x, gen):
+    from ..editing import gaussian_blur
+
+    return gaussian_blur(args.blur_std), lambda y: y
+
+
+def _dps_saturate(args, x, gen):
+    from ..editing import saturation
+
+    return saturation(), lambda y: y
+
+
+def _dps_magnitude(args, x, gen):
+    import torch
+    import torch.nn.functional as F
+
+    from ..editing import fourier_magnitude
+
+    def show(y):  # log magnitude, centred, pooled back to the image size, per image to [-1, 1]
+        m = F.avg_pool2d(torch.fft.fftshift(y, dim=(-2, -1)).log1p(), 2)
+        lo, hi = m.amin((1, 2, 3), keepdim=True), m.amax((1, 2, 3), keepdim=True)
+        return 2 * (m - lo) / (hi - lo).clamp_min(1e-12) - 1
+
+    return fourier_magnitude(2), show
+
+
+def _dps_inpaint(args, x, gen):
+    from ..editing import masking
+
+    return masking(_edit_mask(args, x, gen)), lambda y: y
+
+
+def _dps_downsample(args, x, gen):
+    from ..editing import SuperResolution, downsampling
+
+    return downsampling(args.factor), SuperResolution(args.factor).H_pinv
+
+
+_DPS_OPERATORS = {"blur": _dps_blur, "saturate": _dps_saturate, "magnitude": _dps_magnitude, "inpaint": _dps_inpaint,
+                  "downsample": _dps_downsample}
+
 _EDITORS = {"inpaint": _edit_inpaint, "sdedit": _edit_sdedit, "ilvr": _edit_ilvr, "invert": _edit_invert,
-            "ddrm": _edit_ddrm}
+            "ddrm": _edit_ddrm, "dps": _edit_dps}

@@ -10,7 +10,7 @@ sigma_y / s_i, and the sampler mixes the denoiser's estimate with y_bar coordina
 - ``Ut(y)``: U^T y placed in the layout (0 where s = 0); ``U(x_bar)``: its inverse on range(S);
 - ``H(x)`` and ``H_pinv(y)`` (the Moore–Penrose pseudo-inverse), from the pieces or direct.
 
-We chose DDRM over DPS (Chung et al. 2023): for a linear operator with a known SVD it needs no
+Unlike DPS (Chung et al. 2023, :mod:`.dps`), for a linear operator with a known SVD it needs no
 gradient through the network and no step size, and with sigma_y = 0 its output satisfies
 H x = y exactly.
 """
