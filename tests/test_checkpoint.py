@@ -1,5 +1,6 @@
 """Tests for difflab.training.checkpoint and difflab.pipeline: the model directory round-trips, saving is atomic, loading never
 unpickles, user errors are CheckpointErrors, and sampling (labels, guidance, batching) is right."""
+import errno
 import json
 import os
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_round_trip_uses_ema_weights(tmp_path):
     model_dir, (config, net, ema, opt) = save(tmp_path)
     assert model_dir == tmp_path / "model"
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "config.json", "ema.safetensors", "model.safetensors", "training_state.pt"]
+        "config.json", "ema.safetensors", "model.safetensors", "training_state.json", "training_state.safetensors"]
     meta = json.loads((model_dir / "config.json").read_text())
     assert meta["data_shape"] == [2] and meta["step"] == 5 and meta["difflab_version"] == difflab.__version__
     model = difflab.load(tmp_path)  # a training output folder works as well as the model directory
@@ -60,6 +61,11 @@ def test_round_trip_uses_ema_weights(tmp_path):
     state = checkpoint.read_training_state(model_dir)
     assert state["step"] == 5 and state["elapsed"] == 1.5
     assert state["optimizer"]["param_groups"] == opt.state_dict()["param_groups"]
+    saved = opt.state_dict()["state"]
+    assert state["optimizer"]["state"].keys() == saved.keys()
+    for pid, entries in saved.items():
+        for name, value in entries.items():
+            assert torch.equal(state["optimizer"]["state"][pid][name], value)
 
 
 def test_without_ema_the_model_weights_are_loaded(tmp_path):
@@ -74,11 +80,12 @@ def test_without_ema_the_model_weights_are_loaded(tmp_path):
 def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     save(tmp_path, step=5)
 
-    def broken(obj, f, *args, **kwargs):
-        raise OSError("disk full")
+    def broken(tensors, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(checkpoint, "save", broken)
+    with pytest.raises(CheckpointError, match="cannot write the checkpoint of step 10 .*No space left on device.*"
+                       "previous checkpoint is kept"):
         save(tmp_path, step=10, seed=1)
     assert load(tmp_path).step == 5
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left
@@ -142,11 +149,18 @@ class Payload:
         return (os.system, ("echo pwned",))
 
 
-def test_training_state_is_never_unpickled(tmp_path):
+def test_training_state_is_never_unpickled(tmp_path, capfd):
+    """No file of a model directory is a pickle: a planted training_state.pt (or any .pt) is never
+    opened, whether the directory is loaded for sampling or resumed."""
     model_dir, _ = save(tmp_path)
     torch.save({"step": 5, "evil": Payload()}, model_dir / "training_state.pt")
-    with pytest.raises(CheckpointError, match="cannot read the training state"):
+    torch.save(Payload(), model_dir / "model.pt")
+    load(model_dir)
+    assert checkpoint.read_training_state(model_dir)["step"] == 5  # from the JSON + safetensors pair
+    (model_dir / "training_state.json").unlink()
+    with pytest.raises(CheckpointError, match="never unpickles"):
         checkpoint.read_training_state(model_dir)
+    assert "pwned" not in capfd.readouterr().out
 
 
 # --- sampling -----------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ def add_parser(sub) -> None:
                    "(classifier-free guidance training)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field (repeatable)")
+    p.add_argument("--keep", type=int, metavar="K", help="keep the K latest checkpoints in DIR/checkpoints/ "
+                   "(default 1: only DIR/model, the latest)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out "
                    "(with its saved config unless --preset or --config is given)")
     p.add_argument("--compile", nargs="?", const="default", choices=("none", "default", "reduce-overhead",
@@ -65,7 +67,7 @@ def run(args) -> None:
         raise UserError("give --preset NAME or --config FILE.toml (or --resume to continue a run)")
     overrides = dict(parse_set(item) for item in args.set)
     flags = {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-             "cond_drop": args.cond_drop, "compile": args.compile,
+             "cond_drop": args.cond_drop, "compile": args.compile, "keep": args.keep,
              "autoencoder": None if args.autoencoder is None else str(args.autoencoder.resolve())}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     model_dir = train(config.replace(**overrides), args.out, resume=args.resume, device=args.device)

@@ -6,14 +6,16 @@ A training run's output folder ``OUT`` holds the model directory ``OUT/model``::
                          difflab_version: everything needed to rebuild the model
     model.safetensors    the trained weights
     ema.safetensors      their exponential moving average (when ema_decay > 0)
-    training_state.pt    optimizer state, step and run statistics, for resuming
+    training_state.json         step, run statistics and the optimizer's hyperparameters, for resuming
+    training_state.safetensors  the optimizer's tensors (AdamW's moments and step counts)
 
 A checkpoint is written by :func:`difflab.io.atomic.directory`: completely into a temporary
 folder (every file fsynced), then renamed into place, so ``OUT/model`` is always one complete
 checkpoint; the previous one waits in ``OUT/.old-model`` for the instant between the two renames,
-and :func:`recover` puts it back if a crash struck exactly then. Reading takes JSON and
-safetensors only; the optimizer state is read with ``torch.load(..., weights_only=True)``, which
-unpickles nothing but tensors and plain data. :mod:`difflab.pipeline` loads a directory for sampling.
+and :func:`recover` puts it back if a crash struck exactly then. Every file is JSON or
+safetensors: nothing in a model directory is ever unpickled (a ``training_state.pt`` of older
+versions, or one planted there, is never opened). :mod:`difflab.pipeline` loads a directory for
+sampling.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ __all__ = ["CheckpointError", "MODEL_DIR", "AUTOENCODER_DIR", "save_checkpoint",
            "read_training_state", "load_weights", "build_model"]
 
 MODEL_DIR = "model"
+STATE_JSON, STATE_TENSORS = "training_state.json", "training_state.safetensors"
+LEGACY_STATE = "training_state.pt"  # written by difflab before 0.x; never read (it is a pickle)
 AUTOENCODER_DIR = "autoencoder"  # inside a latent model's directory
 
 
@@ -56,7 +60,7 @@ def save_checkpoint(out_dir, config: TrainConfig, model: nn.Module, ema: nn.Modu
     """Write the model directory ``out_dir/model`` atomically and return its path.
 
     ``extra["data"]`` (a ``Dataset.info()`` dict) fills config.json's data fields; every other
-    key of ``extra`` (plain data and tensors) is stored in training_state.pt. ``autoencoder``: the
+    key of ``extra`` (JSON data) is stored in training_state.json. ``autoencoder``: the
     directory of a latent model's autoencoder, copied into ``model/autoencoder`` so that the model
     directory is complete by itself.
     """
@@ -70,17 +74,27 @@ def save_checkpoint(out_dir, config: TrainConfig, model: nn.Module, ema: nn.Modu
             "data_name": data.get("name"), "class_names": data.get("class_names"), "step": step,
             "sample_rate": data.get("sample_rate"),
             "difflab_version": __version__}
-    state = {"step": step, "optimizer": optimizer.state_dict(), **extra}
+    state_json, state_tensors = _split_state({"step": step, "optimizer": optimizer.state_dict(), **extra})
     final = out_dir / MODEL_DIR
+    try:
+        _write_model_dir(final, meta, model, ema, step, state_json, state_tensors, autoencoder)
+    except OSError as e:  # disk full, read-only folder, ...: the previous checkpoint stays in place
+        kept = "the previous checkpoint is kept" if (final / "config.json").exists() else "nothing was saved"
+        raise CheckpointError(f"cannot write the checkpoint of step {step} to {final} "
+                              f"({e.strerror or e}); {kept}") from e
+    return final
+
+
+def _write_model_dir(final, meta, model, ema, step, state_json, state_tensors, autoencoder) -> None:
     with atomic.directory(final) as tmp:
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         (tmp / "model.safetensors").write_bytes(_state_bytes(model, step))
         if ema is not None:
             (tmp / "ema.safetensors").write_bytes(_state_bytes(ema, step))
-        torch.save(state, tmp / "training_state.pt")
+        (tmp / STATE_TENSORS).write_bytes(save(state_tensors))
+        (tmp / STATE_JSON).write_text(json.dumps(state_json, indent=1))
         if autoencoder is not None:
             shutil.copytree(Path(autoencoder), tmp / AUTOENCODER_DIR)
-    return final
 
 
 def recover(out_dir) -> None:
@@ -153,14 +167,55 @@ def load_weights(module: nn.Module, path, device="cpu", missing_prefix: str | No
 
 
 def read_training_state(model_dir, device="cpu") -> dict:
-    """training_state.pt, read with ``weights_only=True`` (no arbitrary unpickling)."""
-    path = Path(model_dir) / "training_state.pt"
+    """The training state of a model directory, ``{"step", "optimizer", **extra}`` as
+    :func:`save_checkpoint` received it, from training_state.json and training_state.safetensors
+    (no unpickling)."""
+    model_dir = Path(model_dir)
+    path, tensors_path = model_dir / STATE_JSON, model_dir / STATE_TENSORS
     if not path.exists():
+        if (model_dir / LEGACY_STATE).exists():
+            raise CheckpointError(f"{model_dir}: its training state is a pickle ({LEGACY_STATE}, older difflab), which "
+                                  "difflab never unpickles; start a new run from its weights with --set init=DIR")
         raise CheckpointError(f"{path}: missing, so the run cannot be resumed")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch raises many types for corrupt or unsafe files)
-        raise CheckpointError(f"{path}: cannot read the training state ({type(e).__name__})") from e
+        state = json.loads(path.read_text())
+        tensors = load_file(tensors_path, device=str(device))
+        return _join_state(state, tensors)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{tensors_path}: missing, so the run cannot be resumed") from e
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise CheckpointError(f"{model_dir}: the training state is damaged ({type(e).__name__}: {e})") from e
+
+
+def _split_state(state: dict) -> tuple[dict, dict]:
+    """(JSON data, tensors) of a training state: the optimizer's per-parameter tensors go to the
+    tensors as ``optimizer.<param id>.<name>``, everything else (its hyperparameters, the step and
+    the run statistics) to JSON."""
+    optimizer = state["optimizer"]
+    tensors, scalars = {}, {}
+    for pid, entries in optimizer["state"].items():
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in optimizer["param_groups"]]
+    rest = {k: v for k, v in state.items() if k != "optimizer"}
+    return {**rest, "optimizer": {"param_groups": groups, "scalars": scalars}}, tensors
+
+
+def _join_state(state: dict, tensors: dict) -> dict:
+    """The inverse of :func:`_split_state`."""
+    entries: dict = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        entries.setdefault(int(pid), {})[name] = value
+    for key, value in state["optimizer"]["scalars"].items():
+        pid, name = key.split(".", 1)
+        entries.setdefault(int(pid), {})[name] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in state["optimizer"]["param_groups"]]
+    return {**{k: v for k, v in state.items() if k != "optimizer"},
+            "optimizer": {"state": entries, "param_groups": groups}}
 
 
 def build_model(path, device="cpu") -> tuple[nn.Module, TrainConfig, dict]:

@@ -55,6 +55,10 @@ class TrainConfig:
     (``grad_clip``, ``warmup_steps``, ``ckpt_every`` (then only the final checkpoint),
     ``sample_every``, ``weight_decay``).
 
+    ``keep``: how many checkpoints to keep. ``model/`` is always the latest; with ``keep`` K > 1 the
+    K latest are also kept as ``checkpoints/step_XXXXXX/`` (hard links of ``model/``'s files, so
+    the latest costs no extra space), each a complete model directory.
+
     ``lr_decay``: after the warm-up the learning rate stays constant (``none``) or decays to 0 at
     the last step, on a half cosine (``cosine``) or linearly (``linear``).
 
@@ -124,6 +128,7 @@ class TrainConfig:
     precision: str = "fp32"
     seed: int = 0
     ckpt_every: int = 1000
+    keep: int = 1
     sample_every: int = 1000
     log_every: int = 50
     num_classes: int | None = None
@@ -267,7 +272,7 @@ def _validate(c: TrainConfig) -> None:
     for name, allowed in choices.items():
         if getattr(c, name) not in allowed:
             raise ValueError(f"TrainConfig.{name} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
-    for name in ("batch_size", "grad_accum", "steps", "log_every", "sample_steps"):
+    for name in ("batch_size", "grad_accum", "steps", "log_every", "sample_steps", "keep"):
         if getattr(c, name) < 1:
             raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(c, name)}")
     for name in ("warmup_steps", "ckpt_every", "sample_every", "seed", "grad_clip", "weight_decay"):

@@ -21,6 +21,7 @@ import dataclasses
 import io
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from .config import LATENT_PRESETS, TrainConfig, native_sampling
 from .data import Dataset, batch_indices, load_dataset, torch_device
 from .objectives import make_objective
 
-__all__ = ["train", "prepare_data", "resolve_config", "make_optimizer", "cuda_fast_paths", "step_seed", "ema_decay_at", "lr_at",
+__all__ = ["train", "keep_checkpoint", "run_lock", "prepare_data", "resolve_config", "make_optimizer", "cuda_fast_paths", "step_seed", "ema_decay_at", "lr_at",
            "update_ema"]
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
@@ -54,10 +55,12 @@ IMAGE_NETWORKS = ("unet", "dit")
 NETWORK_OF_KIND = {"image": IMAGE_NETWORKS, "signal": ("wavenet",), "points": ("mlp",)}
 #: Fields that may change when a run is resumed: they do not affect the trained weights.
 RESUMABLE_CHANGES = {"preset", "steps", "ckpt_every", "sample_every", "log_every", "sample_sampler",
-                     "sample_steps", "compile"}
+                     "sample_steps", "compile", "keep"}
 SAMPLE_GRID = 64  # images per sample grid (8 per class for class-conditional models)
 SAMPLE_POINTS = 2000  # points per scatter plot
 SAMPLE_SIGNALS = 8  # signals per plot
+CHECKPOINTS_DIR = "checkpoints"  # the kept checkpoints (TrainConfig.keep > 1)
+LOCK_FILE = ".lock"
 
 
 def step_seed(*keys: int) -> int:
@@ -260,7 +263,7 @@ def _restore(run: _Run, model_dir: Path) -> None:
         run.step, run.elapsed = int(state["step"]), float(state["elapsed"])
         run.window_sum, run.window_count = float(state["window"][0]), int(state["window"][1])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{model_dir}/training_state.pt: incomplete or damaged ({e})") from e
+        raise CheckpointError(f"{model_dir}: the training state is incomplete or damaged ({e})") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,8 +388,60 @@ def _save_samples(run: _Run) -> Path:
 def _checkpoint(run: _Run) -> Path:
     extra = {"data": run.ds.info(), "elapsed": run.elapsed, "window": [float(run.window_sum), run.window_count],
              "seed": run.config.seed}
-    return save_checkpoint(run.out_dir, run.config, run.net, run.ema, run.optimizer, run.step, extra,
-                           autoencoder=run.config.autoencoder)
+    model_dir = save_checkpoint(run.out_dir, run.config, run.net, run.ema, run.optimizer, run.step, extra,
+                                autoencoder=run.config.autoencoder)
+    if run.config.keep > 1:
+        keep_checkpoint(model_dir, run.out_dir / CHECKPOINTS_DIR, run.step, run.config.keep)
+    return model_dir
+
+
+def keep_checkpoint(model_dir: Path, folder: Path, step: int, keep: int) -> Path:
+    """Archive the model directory as ``folder/step_XXXXXX`` (hard links to its files, which are
+    never rewritten in place, or copies where links fail) and delete all but the ``keep`` latest
+    archives. Built in a temporary folder and renamed, so an archive is complete or absent."""
+    target = folder / f"step_{step:06d}"
+    with atomic.directory(target) as tmp:
+        for f in model_dir.rglob("*"):
+            dest = tmp / f.relative_to(model_dir)
+            if f.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, dest)
+            except OSError:
+                shutil.copy2(f, dest)
+    archives = sorted(p for p in folder.glob("step_*") if p.is_dir())
+    for old in archives[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path):
+    """Hold ``out_dir/.lock`` (an exclusive ``flock``) while a run writes there: a second ``train``
+    on the same folder stops with a clear error instead of interleaving checkpoints. The kernel
+    releases the lock when the process ends, however it ends, so a crashed run never leaves the
+    folder stuck."""
+    import fcntl
+
+    path = out_dir / LOCK_FILE
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            owner = f.read().strip() or "unknown"
+            raise CheckpointError(f"{out_dir} is in use by another difflab train (pid {owner}); wait for it to "
+                                  "finish or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        f.close()
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -443,17 +498,22 @@ def train(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool 
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} processes x "
                              f"{config.grad_accum} accumulation steps")
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if rank == 0:
-            atomic.remove_temporaries(out_dir)
-            recover(out_dir)
-        if world > 1:
-            dist.barrier()
-        run = _build(config, out_dir, resume, device, rank, world)
-        with cuda_fast_paths(device):
-            _loop(run, progress and rank == 0)
-        if world > 1:
-            dist.barrier()
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create the run directory {out_dir} ({e.strerror or e})") from e
+        with run_lock(out_dir) if rank == 0 else contextlib.nullcontext():
+            if rank == 0:
+                atomic.remove_temporaries(out_dir)
+                atomic.remove_temporaries(out_dir / CHECKPOINTS_DIR)
+                recover(out_dir)
+            if world > 1:
+                dist.barrier()
+            run = _build(config, out_dir, resume, device, rank, world)
+            with cuda_fast_paths(device):
+                _loop(run, progress and rank == 0)
+            if world > 1:
+                dist.barrier()
         return out_dir / MODEL_DIR
     finally:
         if started:
@@ -464,7 +524,10 @@ def _loop(run: _Run, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     c, writer = run.config, run.rank == 0
-    log_path = _open_log(run) if writer else None
+    try:
+        log_path = _open_log(run) if writer else None
+    except OSError as e:
+        raise CheckpointError(f"cannot write {run.out_dir / 'log.csv'} ({e.strerror or e})") from e
     start_time, start_elapsed = time.perf_counter(), run.elapsed
     bar = tqdm(total=c.steps, initial=run.step, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"train {c.preset}")
@@ -480,12 +543,18 @@ def _loop(run: _Run, progress: bool) -> None:
             run.elapsed = start_elapsed + time.perf_counter() - start_time  # the device has caught up
         if not writer:
             continue
-        if logging:
-            bar.set_postfix(loss=f"{_log_row(run, log_path, float(grad_norm), run.elapsed):.4f}")
-        if c.sample_every > 0 and _due(run.step, c.sample_every, c.steps):
-            _save_samples(run)
-        if saving:
-            _checkpoint(run)
+        try:
+            if logging:
+                bar.set_postfix(loss=f"{_log_row(run, log_path, float(grad_norm), run.elapsed):.4f}")
+            if c.sample_every > 0 and _due(run.step, c.sample_every, c.steps):
+                _save_samples(run)
+            if saving:
+                _checkpoint(run)
+        except OSError as e:  # disk full, read-only folder: stop with the last good checkpoint in place
+            saved = run.out_dir / MODEL_DIR
+            kept = f"the checkpoint in {saved} is kept" if saved.exists() else "no checkpoint was saved yet"
+            raise CheckpointError(f"cannot write to {run.out_dir} at step {run.step} ({e.strerror or e}); {kept}; "
+                                  "free some space (or fix the permissions) and --resume") from e
     bar.close()
 
 
