@@ -14,11 +14,13 @@ import torch
 
 from .adaptive import rk45
 from .ancestral import consistency, ddim, ddpm, euler_ancestral
-from .dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from .deis import deis
+from .dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, dpmpp_3m_sde
+from .dpm_solver_sde import dpmpp_2s_ancestral, dpmpp_sde
 from .ode import edm_stochastic, euler, heun
 from .sde import em, pc
 from ..schedules import karras_sigmas, loglinear_sigmas, time_uniform_sigmas
-from .stepping import denoise, report
+from .stepping import ancestral_step, denoise, report
 from .unipc import unipc
 
 SAMPLERS = {
@@ -26,11 +28,13 @@ SAMPLERS = {
     "edm_stochastic": edm_stochastic, "dpm_solver_1": dpm_solver_1, "dpm_solver_2": dpm_solver_2,
     "dpm_solver_3": dpm_solver_3, "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m,
     "dpmpp_2m_sde": dpmpp_2m_sde, "unipc": unipc, "em": em, "pc": pc, "rk45": rk45,
-    "consistency": consistency,
+    "consistency": consistency, "deis": deis, "dpmpp_2s_ancestral": dpmpp_2s_ancestral, "dpmpp_sde": dpmpp_sde,
+    "dpmpp_3m_sde": dpmpp_3m_sde,
 }
 
 #: Samplers that draw fresh noise while integrating (their output depends on ``generator``).
-STOCHASTIC = frozenset({"ddpm", "euler_ancestral", "edm_stochastic", "dpmpp_2m_sde", "em", "pc", "consistency"})
+STOCHASTIC = frozenset({"ddpm", "euler_ancestral", "edm_stochastic", "dpmpp_2m_sde", "em", "pc", "consistency",
+                        "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_3m_sde"})
 
 _COMMON = {"denoiser", "x", "sigmas", "generator", "callback", "progress", "cond"}
 
@@ -51,9 +55,13 @@ def denoiser_calls(name: str, sigmas, **options) -> int | None:
     final_zero = float(sigmas[-1]) == 0
     if name in ("heun", "edm_stochastic"):
         return 2 * n - final_zero
-    if name in ("dpm_solver_2", "dpm_solver_3"):
-        k = 2 if name == "dpm_solver_2" else 3
+    if name in ("dpm_solver_2", "dpm_solver_3", "dpmpp_sde"):
+        k = 3 if name == "dpm_solver_3" else 2
         return k * n - (k - 1) * final_zero
+    if name == "dpmpp_2s_ancestral":  # a second call on each step whose sigma_down > 0
+        s = [float(v) for v in sigmas]
+        eta = options.get("eta", 1.0)
+        return n + sum(ancestral_step(a, b, eta)[0] > 0 for a, b in zip(s, s[1:]))
     if name == "pc":
         return n + options.get("corrector_steps", 1) * (n - final_zero)
     if name == "rk45":

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from .brownian import DEFAULT_NOISE_KIND, make_noise
 from .stepping import ancestral_step, denoise, noise_like, report, steps
 
 
@@ -25,7 +26,8 @@ def _upper_variance(x, s, s_next):
 
 
 def _ancestral_loop(denoiser, x, sigmas, eta, s_noise, generator, callback, progress, cond, name,
-                    variance_fn=None):
+                    variance_fn=None, noise_kind=DEFAULT_NOISE_KIND):
+    z = make_noise(noise_kind, x, sigmas, generator)
     for i, s, s_next in steps(sigmas, progress, name):
         d0 = denoise(denoiser, x, s, cond)
         report(callback, i, x, s, s_next, d0)
@@ -34,32 +36,34 @@ def _ancestral_loop(denoiser, x, sigmas, eta, s_noise, generator, callback, prog
             # evaluated at the step's input x, where the network saw it.
             var = variance_fn(x, s, s_next)
             x = d0 + (s_next / s) ** 2 * (x - d0)
-            x = x + (torch.as_tensor(var, dtype=x.dtype, device=x.device).sqrt() * noise_like(x, generator)
-                     if torch.is_tensor(var) else math.sqrt(var) * noise_like(x, generator))
+            x = x + (torch.as_tensor(var, dtype=x.dtype, device=x.device).sqrt() * z(s, s_next)
+                     if torch.is_tensor(var) else math.sqrt(var) * z(s, s_next))
             continue
         sigma_down, sigma_up = ancestral_step(s, s_next, eta)
         x = d0 + (sigma_down / s) * (x - d0)
         if sigma_up > 0:
-            x = x + sigma_up * s_noise * noise_like(x, generator)
+            x = x + sigma_up * s_noise * z(s, s_next)
     return x
 
 
 def ddim(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
-         eta: float = 0.0):
+         eta: float = 0.0, noise_kind: str = DEFAULT_NOISE_KIND):
     """DDIM (Song et al. 2021a, eq. 12 and 16) in the VE convention; eta = 0 is deterministic and
-    equals :func:`euler`, eta = 1 equals :func:`ddpm`. Denoiser calls: ``len(sigmas) - 1``."""
-    return _ancestral_loop(denoiser, x, sigmas, eta, 1.0, generator, callback, progress, cond, "ddim")
+    equals :func:`euler`, eta = 1 equals :func:`ddpm`. ``noise_kind``: "iid" or "brownian" (see
+    :mod:`.brownian`). Denoiser calls: ``len(sigmas) - 1``."""
+    return _ancestral_loop(denoiser, x, sigmas, eta, 1.0, generator, callback, progress, cond, "ddim",
+                           noise_kind=noise_kind)
 
 
 def ddpm(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
-         variance="posterior"):
+         variance="posterior", noise_kind: str = DEFAULT_NOISE_KIND):
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) along ``sigmas`` (any subsequence of
     the training steps, as in Nichol & Dhariwal 2021, sec. 4): x' = posterior mean + noise.
     ``variance="posterior"`` uses beta~_t (= DDIM with eta = 1); ``"upper"`` uses beta_t (VP models);
     a callable ``fn(x, sigma, sigma_next)`` gives the noise variance on the VE scale — learned
     (Nichol & Dhariwal 2021) or Analytic-DPM (Bao et al. 2022) variances, see
     ``difflab.likelihood.ancestral_variance``. No noise is added on the last step to sigma = 0.
-    Denoiser calls: ``len(sigmas) - 1``."""
+    ``noise_kind``: "iid" or "brownian" (see :mod:`.brownian`). Denoiser calls: ``len(sigmas) - 1``."""
     if callable(variance):
         fn = variance
     elif variance in ("posterior", "upper"):
@@ -67,15 +71,16 @@ def ddpm(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, 
     else:
         raise ValueError(f"variance must be 'posterior', 'upper' or a callable, got {variance!r}")
     return _ancestral_loop(denoiser, x, sigmas, 1.0, 1.0, generator, callback, progress, cond, "ddpm",
-                           variance_fn=fn)
+                           variance_fn=fn, noise_kind=noise_kind)
 
 
 def euler_ancestral(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
-                    eta: float = 1.0, s_noise: float = 1.0):
+                    eta: float = 1.0, s_noise: float = 1.0, noise_kind: str = DEFAULT_NOISE_KIND):
     """Euler ancestral: an Euler step to sigma_down, then noise of std s_noise * sigma_up
-    (Karras et al. 2022, sec. 4 discussion of ancestral samplers). Denoiser calls: ``len(sigmas) - 1``."""
+    (Karras et al. 2022, sec. 4 discussion of ancestral samplers). ``noise_kind``: "iid" or "brownian"
+    (see :mod:`.brownian`). Denoiser calls: ``len(sigmas) - 1``."""
     return _ancestral_loop(denoiser, x, sigmas, eta, s_noise, generator, callback, progress, cond,
-                           "euler_ancestral")
+                           "euler_ancestral", noise_kind=noise_kind)
 
 
 def consistency(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,

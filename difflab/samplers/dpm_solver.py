@@ -6,14 +6,17 @@ With h = lambda' - lambda = log(sigma / sigma') the exact solution over a step i
     noise prediction (eps = (x - D)/sigma):  x' = x - sigma' int_0^h e^u eps(lambda + u) du
     data prediction (D):                     x' = e^-h x + int_0^h e^(u - h) D(lambda + u) du,
 
-and the solvers differ in how they approximate eps or D inside the integral. A step to sigma' = 0
-is the limit h -> inf of the first-order step, x' = D(x, sigma): every solver here ends that way.
+and the solvers differ in how they approximate eps or D inside the integral. The SDE solvers
+(dpmpp_2m_sde, dpmpp_3m_sde) integrate D against the reverse SDE's drift kernel instead (Lu et al.
+2022b, App. B), and add fresh noise. A step to sigma' = 0 is the limit h -> inf of the first-order
+step, x' = D(x, sigma): every solver here ends that way.
 """
 from __future__ import annotations
 
 import math
 
-from .stepping import denoise, noise_like, report, steps
+from .brownian import DEFAULT_NOISE_KIND, make_noise
+from .stepping import denoise, report, steps
 
 
 def _eps(denoiser, x, s, cond):
@@ -130,42 +133,102 @@ def dpmpp_3m(denoiser, x, sigmas, *, generator=None, callback=None, progress=Fal
     before the last when ``lower_order_final`` and fewer than 15 steps) use I1 f1 ("taylor") or the
     2M coefficient I0 h/2 f1 ("official"); the first step is first order and a last step to sigma = 0
     is x' = D. Denoiser calls: ``len(sigmas) - 1``."""
-    if variant not in ("official", "taylor"):
-        raise ValueError(f"variant must be 'official' or 'taylor', got {variant!r}")
-    c2 = 1.0 if variant == "taylor" else 0.5
+    return _dpmpp_3m_loop(denoiser, x, sigmas, 0.0, 0.0, variant, lower_order_final, None, callback,
+                          progress, cond, "dpmpp_3m")
+
+
+def dpmpp_3m_sde(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
+                 eta: float = 1.0, s_noise: float = 1.0, variant: str = "official",
+                 lower_order_final: bool = True, noise_kind: str = DEFAULT_NOISE_KIND):
+    """SDE-DPM-Solver++(3M): the third-order multistep solver of the SDE family of Lu et al. (2022b,
+    App. B; eta = 1 is the reverse SDE, eta = 0 the probability-flow ODE). With h = log(sigma /
+    sigma'), h_eta = (1 + eta) h and the divided differences f1, f2 of the last three denoised
+    values (:func:`multistep_3m`),
+
+        x' = e^-h_eta x + I0 D + (I1 / c) f1 + (h1 I1 / c + I2 / c^2) f2 + s_noise sigma' sqrt(1 - e^(-2 eta h)) z,
+
+    c = 1 + eta, I_k = int_0^h_eta u^k e^(u - h_eta) du: the interpolating quadratic integrated
+    exactly against the SDE's drift kernel. ``variant`` and ``lower_order_final`` are those of
+    :func:`dpmpp_3m` ("official" halves the I2 term), so eta = 0 is ``dpmpp_3m`` exactly, and the
+    first step with eta = 1 is DDPM's, the second SDE-DPM-Solver++(2M)'s. Below ~25 steps it is less
+    accurate than :func:`dpmpp_2m_sde` (docs/samplers.md). A last step to 0 is x' = D(x, sigma).
+    ``noise_kind``: "iid" or "brownian" (see :mod:`.brownian`). Denoiser calls: ``len(sigmas) - 1``."""
+    check_noise_options(eta, s_noise)
+    return _dpmpp_3m_loop(denoiser, x, sigmas, eta, s_noise, variant, lower_order_final,
+                          make_noise(noise_kind, x, sigmas, generator), callback, progress, cond, "dpmpp_3m_sde")
+
+
+def _dpmpp_3m_loop(denoiser, x, sigmas, eta, s_noise, variant, lower_order_final, z, callback, progress, cond,
+                   name):
+    _check_variant(variant)
     hist = []  # (lambda, D) of previous steps, newest last
     n = len(sigmas) - 1
-    for i, s, s_next in steps(sigmas, progress, "dpmpp_3m"):
+    for i, s, s_next in steps(sigmas, progress, name):
         d0 = denoise(denoiser, x, s, cond)
         report(callback, i, x, s, s_next, d0)
         if s_next == 0:
             x = d0
             continue
-        lam, h = -math.log(s), math.log(s / s_next)
-        i0, i1, i2 = exp_integrals(h)
-        x = math.exp(-h) * x + i0 * d0
-        if hist:
-            h1 = lam - hist[-1][0]
-            f1 = (d0 - hist[-1][1]) / h1
-            if len(hist) >= 2 and not (lower_order_final and n < 15 and i >= n - 2):
-                h2 = hist[-1][0] - hist[-2][0]
-                f2 = (f1 - (hist[-1][1] - hist[-2][1]) / h2) / (h1 + h2)
-                x = x + i1 * f1 + (h1 * i1 + c2 * i2) * f2
-            else:
-                x = x + (i1 if variant == "taylor" else 0.5 * h * i0) * f1
-        hist = (hist + [(lam, d0)])[-2:]
+        h = math.log(s / s_next)
+        third = not (lower_order_final and n < 15 and i >= n - 2)
+        x = multistep_3m(x, d0, hist, -math.log(s), h, 1 + eta, variant, third)
+        if eta > 0 and s_noise > 0:
+            x = x + s_noise * s_next * math.sqrt(-math.expm1(-2 * eta * h)) * z(s, s_next)
+        hist = (hist + [(-math.log(s), d0)])[-2:]
     return x
 
 
+def check_noise_options(eta: float, s_noise: float) -> None:
+    """ValueError unless eta >= 0 and s_noise >= 0."""
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not s_noise >= 0:
+        raise ValueError(f"s_noise must be >= 0, got {s_noise}")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in ("official", "taylor"):
+        raise ValueError(f"variant must be 'official' or 'taylor', got {variant!r}")
+
+
+def multistep_3m(x, d0, hist, lam: float, h: float, c: float, variant: str, third: bool):
+    """The deterministic part of one DPM-Solver++(3M) step from lambda to lambda + h, with drift
+    factor c = 1 + eta (c = 1: the probability-flow ODE; c = 2: the reverse SDE). ``hist`` holds
+    (lambda, D) of up to two earlier points; the step is first order without history, second order
+    with one point or when ``third`` is false, else third order. With h_c = c h, I_k = I_k(h_c)
+    (:func:`exp_integrals`) and the divided differences f1, f2 of :func:`dpmpp_3m`, integrating the
+    interpolant D(lambda + u) = D + f1 u + f2 u (u + h1) against the kernel c e^(-c (h - u)) gives
+
+        x' = e^-h_c x + I0 D + (I1 / c) f1 + (h1 I1 / c + I2 / c^2) f2,
+
+    the "taylor" update; "official" halves the I2 term and uses the 2M coefficient I0 h / 2 on
+    second-order steps (see :func:`dpmpp_3m`). c = 1 is :func:`dpmpp_3m`'s step; the SDE form is
+    Lu et al. (2022b, App. B)'s SDE-DPM-Solver++ extended to three points."""
+    i0, i1, i2 = exp_integrals(c * h)
+    x = math.exp(-c * h) * x + i0 * d0
+    if not hist:
+        return x
+    h1 = lam - hist[-1][0]
+    f1 = (d0 - hist[-1][1]) / h1
+    if len(hist) >= 2 and third:
+        h2 = hist[-1][0] - hist[-2][0]
+        f2 = (f1 - (hist[-1][1] - hist[-2][1]) / h2) / (h1 + h2)
+        c2 = 1.0 if variant == "taylor" else 0.5
+        return x + (i1 / c) * f1 + (h1 * i1 / c + c2 * i2 / c**2) * f2
+    return x + (i1 / c if variant == "taylor" else 0.5 * h * i0) * f1
+
+
 def dpmpp_2m_sde(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
-                 eta: float = 1.0, s_noise: float = 1.0):
+                 eta: float = 1.0, s_noise: float = 1.0, noise_kind: str = DEFAULT_NOISE_KIND):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, sec. 5 and App. B), with h_eta = (1 + eta) h:
 
         x' = (sigma'/sigma) e^(-eta h) x + (1 - e^-h_eta) D + (1 - e^-h_eta) / (2r) (D - D_prev)
              + sigma' sqrt(1 - e^(-2 eta h)) s_noise z.
 
     With eta = 1 the first-order step is exactly DDPM's ancestral step; eta = 0 is DPM-Solver++(2M)
-    with a midpoint correction. Denoiser calls: ``len(sigmas) - 1``."""
+    with a midpoint correction. ``noise_kind``: "iid" or "brownian" (see :mod:`.brownian`).
+    Denoiser calls: ``len(sigmas) - 1``."""
+    z = make_noise(noise_kind, x, sigmas, generator)
     d_prev, h_prev = None, None
     for i, s, s_next in steps(sigmas, progress, "dpmpp_2m_sde"):
         d0 = denoise(denoiser, x, s, cond)
@@ -179,6 +242,6 @@ def dpmpp_2m_sde(denoiser, x, sigmas, *, generator=None, callback=None, progress
         if d_prev is not None:
             x = x + decay / (2 * (h_prev / h)) * (d0 - d_prev)
         if eta > 0:
-            x = x + s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise * noise_like(x, generator)
+            x = x + s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise * z(s, s_next)
         d_prev, h_prev = d0, h
     return x

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from .brownian import DEFAULT_NOISE_KIND, make_noise
 from .stepping import denoise, noise_like, report, steps
 
 
@@ -20,13 +21,16 @@ def _reverse_sde_step(x, d0, s, s_next, z):
     return x + dtau * (d0 - x) / s**2 + math.sqrt(dtau) * z
 
 
-def em(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None):
+def em(denoiser, x, sigmas, *, generator=None, callback=None, progress=False, cond=None,
+       noise_kind: str = DEFAULT_NOISE_KIND):
     """Euler–Maruyama on the reverse-time SDE (Song et al. 2021, sec. 4.1); a last step to sigma = 0
-    returns D(x, sigma) (their "denoising" final step, App. G). Denoiser calls: ``len(sigmas) - 1``."""
+    returns D(x, sigma) (their "denoising" final step, App. G). ``noise_kind``: "iid" or "brownian" (see
+    :mod:`.brownian`). Denoiser calls: ``len(sigmas) - 1``."""
+    z = make_noise(noise_kind, x, sigmas, generator)
     for i, s, s_next in steps(sigmas, progress, "em"):
         d0 = denoise(denoiser, x, s, cond)
         report(callback, i, x, s, s_next, d0)
-        x = d0 if s_next == 0 else _reverse_sde_step(x, d0, s, s_next, noise_like(x, generator))
+        x = d0 if s_next == 0 else _reverse_sde_step(x, d0, s, s_next, z(s, s_next))
     return x
 
 
