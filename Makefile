@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow test-browser bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow --timeout=3600
+
+# The explore page in a real headless browser: Debian's Chromium and its driver (apt-get, once),
+# Selenium in the venv; saves docs/explore_*.png. Playwright's own browser download is not needed.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(VENV)/.installed
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+	$(PY) -m pip install -q -e '.[browser]'
+	$(PY) -m pytest -q -m browser tests/test_browser.py --timeout=900
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/difflab bench samplers --out benchmarks/samplers

@@ -4,7 +4,7 @@ Every command has `--help`. Exit status: 0 on success, 2 with one line `difflab:
 user error (bad options, a missing model directory, unreadable data: the library raises ValueError
 subclasses for those, caught here); genuine bugs still show their traceback. Each command module
 (`train`, `train_autoencoder`, `sample`, `forecast` (with `impute`), `reflow`, `distill`, `edit`, `info`,
-`evaluate`, `bench`, `demo`) has ``add_parser(sub)`` and
+`evaluate`, `bench`, `demo`, `explore`, `doctor`) has ``add_parser(sub)`` and
 imports torch and the library only inside the command, so building the parser and printing help
 take no more than Python's start-up.
 """
@@ -15,7 +15,8 @@ import os
 import sys
 
 from ..version import __version__
-from . import bench, demo, distill, edit, evaluate, forecast, info, reflow, sample, train, train_autoencoder
+from . import (bench, demo, distill, doctor, edit, evaluate, explore, forecast, info, reflow, sample, train,
+               train_autoencoder)
 
 PROG = "difflab"
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parser(sub)
     evaluate.add_parser(sub)
     bench.add_parser(sub, _Parser)
+    explore.add_parser(sub)
+    doctor.add_parser(sub)
     return parser
 
 
