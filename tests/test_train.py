@@ -151,7 +151,7 @@ def test_outputs_and_a_learning_run(tmp_path):
     model_dir = train(config, tmp_path, progress=False, device="cpu")
     assert model_dir == tmp_path / "model"
     assert (tmp_path / "samples" / "step_000150.png").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "model", "samples"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "log.csv", "model", "samples"]  # .lock: docs/training.md
     log = read_log(tmp_path)
     assert [int(r["step"]) for r in log] == list(range(10, 151, 10))
     model = difflab.load(tmp_path)
