@@ -1,6 +1,7 @@
 """Samplers against mathematics: convergence order to a high-accuracy ODE solution, exact
 equivalences between samplers, and the distribution of stochastic samplers against exact draws."""
 import math
+import re
 
 import pytest
 import torch
@@ -213,3 +214,18 @@ def test_ddpm_variance_callable_matches_fixed_variances(problem):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="variance"):
         difflab.sample(gmm, x_T, sig, "ddpm", variance="learned-ish")
+
+
+@pytest.mark.parametrize("sampler, options, words", [
+    ("ddim", {"eta": -1}, "eta of 'ddim' must be >= 0"), ("ddim", {"eta": "abc"}, "must be a finite number"),
+    ("dpmpp_2m_sde", {"eta": float("nan")}, "finite"), ("unipc", {"order": 0}, "order of 'unipc' must be >= 1"),
+    ("unipc", {"order": 2.5}, "an integer"), ("pc", {"snr": -1}, "snr of 'pc' must be > 0"),
+    ("pc", {"corrector_steps": -1}, ">= 0"), ("rk45", {"rtol": 0}, "rtol of 'rk45' must be > 0"),
+    ("edm_stochastic", {"S_churn": -5}, ">= 0"), ("euler_ancestral", {"eta": -2}, ">= 0"),
+    ("unipc", {"corrector": "yes"}, "true or false"), ("dpmpp_sde", {"r": 1.5}, "< 1"),
+])
+def test_bad_option_values_are_one_sentence_errors(sampler, options, words):
+    gmm = ring_mixture()
+    sigmas = difflab.karras_sigmas(4, 0.002, 80.0)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        difflab.sample(gmm, 80 * torch.randn(3, 2), sigmas, sampler, **options)

@@ -10,6 +10,8 @@ that would run code in a model directory and loads and resumes it. Used by
 """
 from __future__ import annotations
 
+import csv
+import json
 import os
 import random
 import signal
@@ -57,8 +59,8 @@ def _same(a: dict, b: dict) -> bool:
 
 @dataclass
 class CrashReport:
-    kills: int = 0
-    with_checkpoint: int = 0  # kills after which a checkpoint existed
+    kills: int = 0  # processes killed while training (attempts whose process had finished are not counted)
+    with_checkpoint: int = 0  # attempts after which a checkpoint existed
     loadable: int = 0  # ... and difflab.load read it
     runs: int = 0
     bit_exact: int = 0  # runs whose resumed final weights equal the uninterrupted run's
@@ -68,27 +70,38 @@ class CrashReport:
 def crash_trials(work: Path, runs: int, kills_per_run: int, seed: int = 0, steps: int = 120,
                  progress=None) -> CrashReport:
     """``runs`` runs of :data:`TRAIN_ARGS` (``steps`` steps) in ``work``, each killed
-    ``kills_per_run`` times at random moments and resumed until done; the report counts loadable
-    folders and bit-exact ends. The kill times are uniform over 30-100% of an uninterrupted run's
-    wall time (start-up included), so most kills land in training and saving."""
+    ``kills_per_run`` times at random moments while it trains and resumed until done; the report
+    counts loadable folders and bit-exact ends.
+
+    Each attempt starts ``train --resume``, waits until the process holds the run's lock (its pid in
+    ``.lock``: data and network are being built), then sleeps a time uniform over the first half of
+    the training time still ahead (from the uninterrupted run's own log and the step already
+    saved), so the kill lands in training or saving, never after the run ended; an attempt whose
+    process finished first does not count as a kill."""
     from ..pipeline import load
 
     rng = random.Random(seed)
     work = Path(work)
     reference = work / "straight"
-    t0 = time.perf_counter()
     subprocess.run(train_command(reference, steps=steps), check=True, capture_output=True, env=_env(), timeout=600)
-    duration = time.perf_counter() - t0  # start-up included
     want = _weights(reference / "model")
+    train_seconds = _log_seconds(reference)
     report = CrashReport()
     for r in range(runs):
         out = work / f"run{r}"
-        for k in range(kills_per_run):
+        kills = attempts = 0
+        while kills < kills_per_run and attempts < 4 * kills_per_run:
+            attempts += 1
+            done = _saved_step(out)
+            if done >= steps:
+                break
             proc = subprocess.Popen(train_command(out, resume=True, steps=steps), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, env=_env())
-            time.sleep(rng.uniform(0.3, 1.0) * duration)
+            _wait_for_lock(out, proc)
+            time.sleep(rng.uniform(0.0, 0.5) * train_seconds * (steps - done) / steps)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
+                kills += 1
                 report.kills += 1
             proc.wait()
             if (out / "model").exists() or (out / ".old-model").exists():
@@ -97,18 +110,48 @@ def crash_trials(work: Path, runs: int, kills_per_run: int, seed: int = 0, steps
                     load(out, "cpu")
                     report.loadable += 1
                 except Exception as e:  # noqa: BLE001 - any failure to load is what we count
-                    report.failures.append(f"run {r}, kill {k}: {type(e).__name__}: {e}")
+                    report.failures.append(f"run {r}, attempt {attempts}: {type(e).__name__}: {e}")
             if progress:
-                progress(f"run {r}, kill {k}: checkpoint {'yes' if (out / 'model').exists() else 'no'}")
-        done = subprocess.run(train_command(out, resume=True, steps=steps), capture_output=True, text=True, env=_env(), timeout=600)
+                progress(f"run {r}, attempt {attempts}: {'killed' if proc.returncode < 0 else 'finished'} "
+                         f"at saved step {_saved_step(out)}")
+        finish = subprocess.run(train_command(out, resume=True, steps=steps), capture_output=True, text=True,
+                                env=_env(), timeout=600)
         report.runs += 1
-        if done.returncode != 0:
-            report.failures.append(f"run {r}: resume failed: {done.stderr.strip().splitlines()[-1:]}")
+        if finish.returncode != 0:
+            report.failures.append(f"run {r}: resume failed: {finish.stderr.strip().splitlines()[-1:]}")
         elif _same(_weights(out / "model"), want):
             report.bit_exact += 1
         else:
             report.failures.append(f"run {r}: resumed weights differ from the uninterrupted run")
     return report
+
+
+def _log_seconds(run: Path) -> float:
+    """The training time of a finished run: the seconds column of its last log row."""
+    with open(run / "log.csv", newline="") as f:
+        return float(list(csv.DictReader(f))[-1]["seconds"])
+
+
+def _saved_step(run: Path) -> int:
+    """The step of the run's checkpoint (0 without one)."""
+    for folder in (run / "model", run / ".old-model"):
+        try:
+            return int(json.loads((folder / "config.json").read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return 0
+
+
+def _wait_for_lock(run: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until ``proc`` holds the run's lock (its pid written in ``.lock``) or has ended."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if (run / ".lock").read_text().strip() == str(proc.pid):
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
 
 
 class _Payload:

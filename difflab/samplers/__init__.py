@@ -88,6 +88,7 @@ def sample(denoiser, x, sigmas, sampler: str = "dpmpp_2m", *, generator=None, ca
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"sampler {sampler!r} has no option(s) {sorted(unknown)}; it accepts {sorted(allowed)}")
+    _check_option_values(sampler, options)
     if len(sigmas) < 2:
         raise ValueError("sigmas needs at least a start and an end value")
     with contextlib.nullcontext() if grad else torch.no_grad():
@@ -97,6 +98,39 @@ def sample(denoiser, x, sigmas, sampler: str = "dpmpp_2m", *, generator=None, ca
                 return x
         return SAMPLERS[sampler](denoiser, x, sigmas, generator=generator, callback=callback,
                                  progress=progress, **options)
+
+
+#: Ranges of the numeric sampler options: (lowest, highest, whether the lowest itself is allowed).
+_OPTION_RANGES = {"eta": (0, math.inf, True), "s_noise": (0, math.inf, True), "S_noise": (0, math.inf, True),
+                  "S_churn": (0, math.inf, True), "S_tmin": (0, math.inf, True), "S_tmax": (0, math.inf, True),
+                  "snr": (0, math.inf, False), "corrector_steps": (0, math.inf, True), "rtol": (0, math.inf, False),
+                  "atol": (0, math.inf, False), "sigma_min": (0, math.inf, False), "r": (0, 1, False),
+                  "order": (1, math.inf, True)}
+
+
+def _check_option_values(sampler: str, options: dict) -> None:
+    """ValueError (one sentence, before any work) for an option value of the wrong type or range:
+    numbers must be finite real numbers (integers where the default is one) in the option's range,
+    switches booleans."""
+    defaults = sampler_options(sampler)
+    for key, value in options.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"option {key} of {sampler!r} must be true or false, got {value!r}")
+            continue
+        if not isinstance(default, (int, float)):
+            continue
+        integral = isinstance(default, int)
+        ok_type = isinstance(value, int) if integral else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+            kind = "an integer" if integral else "a finite number"
+            raise ValueError(f"option {key} of {sampler!r} must be {kind}, got {value!r}")
+        low, high, closed = _OPTION_RANGES.get(key, (-math.inf, math.inf, True))
+        if value > high or value < low or (value == low and not closed):
+            bound = f">= {low}" if closed else f"> {low}"
+            raise ValueError(f"option {key} of {sampler!r} must be {bound}" + (f" and < {high}" if high < math.inf
+                             else "") + f", got {value!r}")
 
 
 def start_from_noise(sigmas, noise: torch.Tensor) -> torch.Tensor:
