@@ -36,11 +36,13 @@ from difflab.training import load_dataset
 N = 500
 STEPS = 10
 DIFFLAB_SAMPLERS = ("euler", "heun", "ddim", "ddpm", "euler_ancestral", "dpm_solver_2", "dpm_solver_3",
-                    "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc")
-#: diffusers scheduler -> its settings beside the pipeline's own config
-DIFFUSERS = {"DDPMScheduler": {}, "DDIMScheduler": {}, "EulerDiscreteScheduler": {},
-             "DPMSolverMultistepScheduler": {"algorithm_type": "dpmsolver++", "solver_order": 2},
-             "UniPCMultistepScheduler": {"solver_order": 2}}
+                    "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_3m_sde",
+                    "unipc", "deis")
+#: diffusers scheduler -> its settings beside the pipeline's own config. DDPMPipeline works with
+#: the schedulers whose ``step`` takes a generator and which need no ``scale_model_input``: Euler
+#: (input scaling) and UniPC (no generator) do not run correctly in it.
+DIFFUSERS = {"DDPMScheduler": {}, "DDIMScheduler": {},
+             "DPMSolverMultistepScheduler": {"algorithm_type": "dpmsolver++", "solver_order": 2}}
 #: network calls per step of the diffusers schedulers (Heun-type ones would be 2)
 DIFFUSERS_CALLS = 1
 
@@ -85,6 +87,16 @@ def train_pipeline(path: Path, steps: int, log) -> Path:
     return path
 
 
+class ClippedDenoiser:
+    """x0 estimates clipped to [-1, 1] (diffusers' ``clip_sample``)."""
+
+    def __init__(self, denoiser):
+        self.denoiser = denoiser
+
+    def __call__(self, x, sigma, **cond):
+        return self.denoiser(x, sigma, **cond).clamp(-1, 1)
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -105,7 +117,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/interop"))
     parser.add_argument("--work", type=Path, default=Path("benchmarks/out/interop"))
     parser.add_argument("--train-steps", type=int, default=4000)
+    parser.add_argument("--n", type=int, default=500, help="samples per sampler (default: %(default)s)")
     args = parser.parse_args()
+    global N
+    N = args.n
     torch.set_num_threads(1)
     lines = []
 
@@ -126,6 +141,21 @@ def main() -> None:
                      "seconds": seconds})
         grids.append(x[:16])
         log(f"difflab {sampler}: FD {rows[-1]['FD']:.3g}, {seconds:.2f} s")
+    # diffusers' DDIM and DDPM at 10 steps differ from difflab's in two sampling settings, not in the
+    # algorithm: "leading" timesteps (900, 800, ..., 0) and clip_sample=True (x0 clipped to [-1, 1]
+    # at every step). The same two settings through difflab's samplers:
+    leading = diffusers.DDIMScheduler.from_pretrained(path / "scheduler")
+    leading.set_timesteps(STEPS)
+    abar = leading.alphas_cumprod[leading.timesteps]
+    sigmas = torch.cat([((1 - abar) / abar).sqrt(), torch.zeros(1)])
+    clipped = ClippedDenoiser(model.denoiser)
+    for sampler in ("ddim", "ddpm"):
+        x, seconds = timed(lambda: difflab.generate(clipped, model.data_shape, N, sigmas, sampler, noise=noise,
+                                                    generator=torch.Generator().manual_seed(0)).clamp(-1, 1))
+        rows.append({"library": "difflab", "sampler": f"{sampler}, diffusers' timesteps, x0 clipped", "calls": STEPS,
+                     "FD": evaluate_digits(x)["fd"], "seconds": seconds})
+        grids.append(x[:16])
+        log(f"difflab {rows[-1]['sampler']}: FD {rows[-1]['FD']:.3g}, {seconds:.2f} s")
     pipe = diffusers.DDPMPipeline.from_pretrained(path, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     own = dict(pipe.scheduler.config)

@@ -18,7 +18,7 @@ _NAMES = {
 }
 #: The subpackages and modules reachable as attributes (``difflab.editing.inpaint(...)``).
 _MODULES = ("schedules", "denoisers", "exact", "samplers", "tuning", "io", "nets", "guidance", "editing",
-            "likelihood", "training", "pipeline", "evaluation", "bench", "cli")
+            "likelihood", "training", "interop", "pipeline", "flow", "distill", "evaluation", "bench", "explore", "cli")
 
 __all__ = ["__version__", *_NAMES, *_MODULES]
 
