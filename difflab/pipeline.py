@@ -19,16 +19,17 @@ from torch import nn
 from .denoisers import AutocastDenoiser, NetworkDenoiser
 from .guidance import check_labels, guided_denoiser
 from .interop.diffusers import is_diffusers_dir, read_diffusers
-from .samplers import LOGSNR_SAMPLERS, SAMPLE_BUDGET, SAMPLERS, default_sigmas, generate
+from .samplers import LOGSNR_SAMPLERS, SAMPLE_BUDGET, SAMPLERS, default_sigmas, generate, sampler_options
 from .schedules import karras_sigmas, loglinear_sigmas, make_schedule, time_uniform_sigmas
 from .nets.text import TextConfig, Tokenizer
 from .training.autoencoder import decode_latents, encode_dataset, load_autoencoder
 from .training.checkpoint import AUTOENCODER_DIR, CheckpointError, build_model, find_model_dir
 from .training.config import TrainConfig, native_sampling
 from .training.data import torch_device
+from .training.tasks import IMAGE_TASKS, task_condition, task_denoiser
 from .training.trainer import cuda_fast_paths
 
-__all__ = ["TrainedModel", "load", "CheckpointError", "resolve_device", "resolve_dtype", "DTYPES",
+__all__ = ["TrainedModel", "load", "cascade", "CheckpointError", "resolve_device", "resolve_dtype", "DTYPES",
            "SCHEDULES", "DEFAULT_SCHEDULE"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,12 +71,44 @@ def load(path, device=None, *, dtype=None, compile: bool = False) -> TrainedMode
     if is_diffusers_dir(path):
         return _load_diffusers(path, device, dtype, compile)
     net, config, info = build_model(path, device)
+    _check_model_dir(find_model_dir(path), net, config, info)
     autoencoder = find_model_dir(path) / AUTOENCODER_DIR
     model = TrainedModel(net, config, info["data_shape"], info["class_names"], info["data_kind"], info["step"],
                          dtype=dtype, compile=compile,
                          autoencoder=load_autoencoder(autoencoder, device) if autoencoder.is_dir() else None)
     model.sample_rate = info.get("sample_rate")
     return model
+
+
+#: The number of dimensions of one sample of each data kind (config.json's data_kind).
+_KIND_RANK = {"points": 1, "signal": 2, "image": 3}
+
+
+def _check_model_dir(model_dir: Path, net: nn.Module, config: TrainConfig, info: dict) -> None:
+    """What config.json says about the data (shape, kind, classes) must fit its network, and the
+    weights must be finite: an edited or damaged directory is one CheckpointError here, not a shape
+    error (or NaN samples) later."""
+    where = model_dir / "config.json"
+    shape, kind = info["data_shape"], info["data_kind"]
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                              for s in shape):
+        raise CheckpointError(f"{where}: data_shape must be a list of positive integers, got {shape!r}")
+    if kind is not None and (kind not in _KIND_RANK or _KIND_RANK[kind] != len(shape)):
+        raise CheckpointError(f"{where}: data_kind {kind!r} does not fit data_shape {shape} (points have one "
+                              "dimension, signals two, images three)")
+    n = config.net
+    expected = {"mlp": [n.get("dim")], "wavenet": [n.get("in_channels"), n.get("length")],
+                "unet": [n.get("in_channels"), n.get("resolution"), n.get("resolution")]}
+    expected["dit"] = expected["unet"]
+    want = expected.get(config.network)
+    if want is not None and (len(want) != len(shape) or any(w not in (None, s) for w, s in zip(want, shape))):
+        raise CheckpointError(f"{where}: data_shape {shape} does not fit the {config.network} network, which "
+                              f"takes {[w if w is not None else '?' for w in want]}")
+    if "num_classes" in n and n["num_classes"] != config.num_classes:
+        raise CheckpointError(f"{where}: num_classes is {config.num_classes} but the network's is "
+                              f"{n['num_classes']}; restore the value the model was trained with")
+    if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):
+        raise CheckpointError(f"{model_dir}: the weights hold NaN or infinite values; use an earlier checkpoint")
 
 
 def _load_diffusers(path, device, dtype, compile) -> TrainedModel:
@@ -202,7 +235,9 @@ class TrainedModel:
         values = _read_sigmas(schedule) if isinstance(schedule, (str, Path)) else schedule
         sigmas = torch.as_tensor(values, dtype=torch.float32).flatten()
         if len(sigmas) < 2 or not bool((sigmas[1:] < sigmas[:-1]).all()) or float(sigmas[-2]) <= 0:
-            raise CheckpointError("a sigma schedule must be at least two decreasing values, positive but the last")
+            where = f"{schedule}: " if isinstance(schedule, (str, Path)) else ""
+            raise CheckpointError(f"{where}a sigma schedule must be at least two decreasing values, positive but "
+                                  "the last")
         return sigmas.to(self.device)
 
     def sampling_denoiser(self):
@@ -241,9 +276,16 @@ class TrainedModel:
                y=None, guidance: float | None = None, classifier=None, classifier_scale: float = 1.0,
                batch_size: int | None = None, progress: bool = False, sigma_min: float | None = None,
                sigma_max: float | None = None, noise: torch.Tensor | None = None, schedule=DEFAULT_SCHEDULE,
-               callback=None, prompt=None, **options) -> torch.Tensor:
+               callback=None, prompt=None, condition: torch.Tensor | None = None, mask=None,
+               aug_level: float = 0.0, **options) -> torch.Tensor:
         """n samples (on the CPU) in the data's shape (decoded images for a latent model); images
         are clamped to [-1, 1].
+
+        ``condition``: for a conditional denoiser (SR3 / Palette, :attr:`restores`) the degraded
+        images, one or n rows: low-resolution images (N, C, H/f, W/f) for super-resolution, else
+        (N, C or 1, H, W), with the ``mask`` (1 = known) for inpainting; ``aug_level``: the noise
+        std added to a low-resolution input (conditioning augmentation, Ho et al. 2022; 0: none).
+        See :mod:`difflab.training.tasks`.
 
         Starts from x = sigma_max z and integrates along :meth:`sigmas` (``schedule``, ``steps``,
         ``sigma_min``, ``sigma_max``) with ``sampler`` and its ``options`` (e.g. ``eta=0.5`` for
@@ -302,6 +344,9 @@ class TrainedModel:
             gen.seed()
         else:
             gen.manual_seed(seed)
+        if self.restores or condition is not None:
+            cond = {**(cond or {}), "condition": self._task_condition(n, condition, mask, aug_level, gen)}
+            denoiser = task_denoiser(denoiser, self.config.task)
         batch_size = batch_size or self.auto_batch_size(n, guided=guidance is not None and "w" not in (cond or {}))
         with cuda_fast_paths(self.device):
             x = generate(denoiser, self.data_shape, n, sigmas, sampler, noise=noise, generator=gen, cond=cond,
@@ -309,6 +354,32 @@ class TrainedModel:
         if self.autoencoder is not None:
             x = self.decode(x)
         return x.clamp(-1, 1) if self.data_kind == "image" else x
+
+    @property
+    def restores(self) -> bool:
+        """Whether this is a conditional denoiser of a degraded image (``task`` super-resolution,
+        colorization, inpainting or uncropping; SR3 / Palette, Saharia et al. 2022)."""
+        return self.config.task in IMAGE_TASKS
+
+    def _task_condition(self, n: int, degraded, mask, aug_level: float, generator) -> torch.Tensor:
+        """The network's conditioning channels for n samples from one or n degraded images."""
+        if not self.restores:
+            raise CheckpointError(f"this model (task {self.config.task!r}) takes no condition; a conditional "
+                                  f"denoiser is trained with task {', '.join(IMAGE_TASKS)}")
+        if degraded is None:
+            raise CheckpointError(f"this is a {self.config.task} model: it samples given degraded images, passed as "
+                                  f"condition= (command line: difflab edit {self.config.task}, or difflab cascade)")
+        degraded = torch.as_tensor(degraded, dtype=torch.float32, device=self.device)
+        if degraded.ndim != 4 or degraded.shape[0] not in (1, n):
+            raise CheckpointError(f"condition must hold 1 or n={n} images (N, C, H, W), got shape "
+                                  f"{tuple(degraded.shape)}")
+        if not aug_level >= 0:
+            raise CheckpointError(f"aug_level must be a non-negative number, got {aug_level}")
+        try:
+            return task_condition(self.config.task, degraded.expand(n, *degraded.shape[1:]), (n, *self.data_shape),
+                                  factor=self.config.sr_factor, mask=mask, aug_level=aug_level, generator=generator)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
 
     # --- Signals: imputation and forecasting ---------------------------------------------------
 
@@ -371,6 +442,9 @@ class TrainedModel:
             sampler, steps = sampler or "dpmpp_2m", steps or 20
         else:
             sampler, steps = sampler or "ddpm", steps or 100  # RePaint converges by 100 steps (tests/test_signals.py)
+        if sampler not in SAMPLERS:
+            raise CheckpointError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+        _check_imputation_options(method, sampler, options)
         sigmas = self.sigmas(steps, sampler=sampler)
         chunk = batch_size or max(1, SAMPLE_BUDGET // math.prod(self.data_shape))
         parts = []
@@ -439,6 +513,38 @@ class TrainedModel:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images (on the CPU) of a latent model's latents."""
         return decode_latents(self.autoencoder, latents.to(self.device), self.autoencoder_meta["scale_factor"]).cpu()
+
+
+def cascade(models, n: int, *, aug_level: float = 0.0, seed: int | None = None, **options) -> list[torch.Tensor]:
+    """Cascaded sampling (Ho et al. 2022, sec. 3): n samples of the base model ``models[0]``, each
+    passed as the low-resolution ``condition`` of the next, a super-resolution model (task
+    ``super-resolution``), with conditioning augmentation ``aug_level`` (the noise std added to
+    each stage's input, sec. 3.2; 0: plain conditioning). ``options`` go to every
+    :meth:`TrainedModel.sample`; stage i uses ``seed + i``. Returns every stage's output."""
+    for i, m in enumerate(models[1:], 1):
+        if m.config.task != "super-resolution":
+            raise CheckpointError(f"stage {i + 1} of the cascade is a model of task {m.config.task!r}; every stage "
+                                  "after the base must be a super-resolution model")
+    stages = [models[0].sample(n, seed=seed, **options)]
+    for i, m in enumerate(models[1:], 1):
+        stages.append(m.sample(n, condition=stages[-1], aug_level=aug_level,
+                               seed=None if seed is None else seed + i, **options))
+    return stages
+
+
+def _check_imputation_options(method: str, sampler: str, options: dict) -> None:
+    """Before the progress bar starts: the options of :meth:`TrainedModel.impute` are the sampler's
+    (plus RePaint's ``jump_length`` and ``resamplings``, integers >= 1)."""
+    repaint = ("jump_length", "resamplings") if method == "repaint" else ()
+    allowed = {*sampler_options(sampler), "cond", *repaint}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise CheckpointError(f"{method} with the {sampler} sampler has no option(s) {unknown}; it accepts "
+                              f"{sorted(allowed)}")
+    for name in repaint:
+        value = options.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _read_sigmas(path) -> list:

@@ -16,7 +16,7 @@ import math
 import torch
 
 __all__ = [
-    "Schedule", "DiscreteVP", "ContinuousVP", "SubVP", "VE", "EDM", "Flow", "make_schedule",
+    "Schedule", "DiscreteVP", "ContinuousVP", "SubVP", "VE", "EDM", "Flow", "LogSNRTable", "make_schedule",
     "linear_betas", "cosine_betas", "scaled_linear_betas", "sigmoid_betas",
     "karras_sigmas", "loglinear_sigmas", "time_uniform_sigmas", "time_quadratic_sigmas",
     "discrete_sigmas", "consistency_grid", "consistency_sigmas", "q_sample", "ddpm_posterior", "ve_posterior",
@@ -288,8 +288,79 @@ class Flow(Schedule):
         return 1000 * self.t_of_ve_sigma(sigma)
 
 
+class LogSNRTable(Schedule):
+    """A variance-preserving schedule given by a table of gamma = -log SNR on the uniform grid
+    t_k = k / K of [0, 1], interpolated linearly (Kingma et al. 2021, "Variational Diffusion
+    Models", eq. 3-5: sigma_t^2 = sigmoid(gamma(t)), alpha_t^2 = sigmoid(-gamma(t)), SNR(t) =
+    exp(-gamma(t))). In difflab's VE convention ve_sigma(t) = exp(gamma(t) / 2) and alpha^2 =
+    1 / (1 + sigma^2), whatever the table's shape. ``gamma``: K + 1 strictly increasing values;
+    two values are VDM's linear schedule, more hold a learned one
+    (:class:`difflab.training.objectives.LearnedLogSNR` writes them).
+
+    The network's time input is a fixed function of sigma alone, :meth:`c_noise_of_gamma`, so a
+    model's denoiser does not depend on the table's shape, only on the noise level (Kingma et al.
+    2021, sec. 5.1: the continuous-time model is invariant to the schedule between its endpoints).
+    """
+
+    #: The endpoints of VDM's initial linear schedule, and the fixed scale of :meth:`c_noise_of_gamma`.
+    GAMMA_MIN, GAMMA_MAX = -13.3, 5.0
+
+    def __init__(self, gamma=(GAMMA_MIN, GAMMA_MAX)):
+        table = torch.as_tensor(gamma, dtype=torch.float64).flatten()
+        if len(table) < 2 or not bool(torch.isfinite(table).all()) or not bool((table.diff() > 0).all()):
+            raise ValueError(f"a LogSNRTable needs at least 2 finite, strictly increasing gamma values; got "
+                             f"{table.tolist() if len(table) < 6 else f'{len(table)} values, not all increasing'}")
+        self.gamma_table = table
+        self._tables = {}
+
+    def _params(self):
+        return {"gamma": self.gamma_table.tolist()}
+
+    def _table(self, device) -> torch.Tensor:
+        key = str(torch.device(device))
+        if key not in self._tables:
+            self._tables[key] = self.gamma_table.to(device)
+        return self._tables[key]
+
+    def gamma(self, t):
+        """gamma(t) = -log SNR(t), linear between the knots; t clamped to [0, 1]."""
+        t = _t(t).to(torch.float64).clamp(0, 1)
+        table = self._table(t.device)
+        K = len(table) - 1
+        lo = (t * K).floor().long().clamp(max=K - 1)
+        w = t * K - lo
+        return (1 - w) * table[lo] + w * table[lo + 1]
+
+    def ve_sigma(self, t):
+        return (0.5 * self.gamma(t)).exp()
+
+    def log_alpha(self, t):
+        return -0.5 * torch.nn.functional.softplus(self.gamma(t))  # log sqrt(sigmoid(-gamma))
+
+    def t_of_ve_sigma(self, sigma):
+        """The time whose interpolated gamma equals 2 log(sigma) (clamped to [0, 1])."""
+        table = self._table(_t(sigma).device)
+        gamma = (2 * _t(sigma).to(torch.float64).log()).clamp(table[0], table[-1])
+        K = len(table) - 1
+        hi = torch.searchsorted(table, gamma.contiguous()).clamp(1, K)
+        return ((hi - 1) + (gamma - table[hi - 1]) / (table[hi] - table[hi - 1])) / K
+
+    def alpha_of_ve_sigma(self, sigma):
+        return (1 + _t(sigma).to(torch.float64) ** 2).rsqrt()  # exact at every sigma, inside the table or not
+
+    @classmethod
+    def c_noise_of_gamma(cls, gamma):
+        """1000 (gamma - GAMMA_MIN) / (GAMMA_MAX - GAMMA_MIN): gamma rescaled as VDM's released code
+        feeds it to its network, with the initial endpoints as fixed constants (differentiable, so a
+        learned schedule's gradient passes through the network's time input)."""
+        return 1000 * (gamma - cls.GAMMA_MIN) / (cls.GAMMA_MAX - cls.GAMMA_MIN)
+
+    def c_noise(self, sigma):
+        return self.c_noise_of_gamma(2 * _t(sigma).to(torch.float64).log())
+
+
 _SCHEDULES = {"DiscreteVP": DiscreteVP, "ContinuousVP": ContinuousVP, "SubVP": SubVP, "VE": VE,
-              "EDM": EDM, "Flow": Flow}
+              "EDM": EDM, "Flow": Flow, "LogSNRTable": LogSNRTable}
 
 
 def make_schedule(spec: dict | str) -> Schedule:

@@ -150,7 +150,7 @@ ERRORS = {
     "horizon >= window": (["forecast", "model:ar1", "--context", "@c56.npy", "--horizon", 64, *NPZ],
                           "horizon must lie in [1, 63]"),
     "context too short": (["forecast", "model:ar1", "--context", "@c10.npy", "--horizon", 8, *NPZ],
-                          "at least 56 context steps"),
+                          "needs the last 56"),
     "NaN in context": (["forecast", "model:ar1", "--context", "@cnan.npy", "--horizon", 8, *NPZ], "finite"),
     "two channels": (["forecast", "model:ar1", "--context", "@c2ch.npy", "--horizon", 8, *NPZ], "channel"),
     "truth shape": (["forecast", "model:ar1", "--context", "@c56.npy", "--horizon", 8, "--truth", "@c10.npy", *NPZ],

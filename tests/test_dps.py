@@ -321,7 +321,7 @@ def test_cli_dps_user_errors(capsys, tiny_model, tmp_path):
     from test_cli import assert_user_error, run
 
     common = ["edit", "dps", tiny_model, "--from-data", "digits", "--n", 2, "--steps", 2, "--out", tmp_path / "o.png"]
-    assert_user_error(run(capsys, *common, "--noise-std", -1), "noise_std")
+    assert_user_error(run(capsys, *common, "--noise-std", -1), "--noise-std")
     assert_user_error(run(capsys, *common, "--operator", "blur", "--mask-kind", "random"), "--operator inpaint")
     assert_user_error(run(capsys, *common, "--operator", "downsample", "--factor", 3), "does not divide")
     assert_user_error(run(capsys, *common, "--blur-std", 0), "std must be positive")

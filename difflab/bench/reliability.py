@@ -73,11 +73,11 @@ def crash_trials(work: Path, runs: int, kills_per_run: int, seed: int = 0, steps
     ``kills_per_run`` times at random moments while it trains and resumed until done; the report
     counts loadable folders and bit-exact ends.
 
-    Each attempt starts ``train --resume``, waits until the process holds the run's lock (its pid in
-    ``.lock``: data and network are being built), then sleeps a time uniform over the first half of
-    the training time still ahead (from the uninterrupted run's own log and the step already
-    saved), so the kill lands in training or saving, never after the run ended; an attempt whose
-    process finished first does not count as a kill."""
+    Each attempt starts ``train --resume``, waits until the process holds the run's lock and has
+    opened its log (its training loop starts), then sleeps a time uniform over the first 80% of the
+    training time still ahead (from the uninterrupted run's own log and the step already saved), so
+    the kill lands in training or saving (a checkpoint every 3 steps); an attempt whose process
+    finished first does not count as a kill."""
     from ..pipeline import load
 
     rng = random.Random(seed)
@@ -97,8 +97,8 @@ def crash_trials(work: Path, runs: int, kills_per_run: int, seed: int = 0, steps
                 break
             proc = subprocess.Popen(train_command(out, resume=True, steps=steps), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, env=_env())
-            _wait_for_lock(out, proc)
-            time.sleep(rng.uniform(0.0, 0.5) * train_seconds * (steps - done) / steps)
+            _wait_for_training(out, proc)
+            time.sleep(rng.uniform(0.0, 0.8) * train_seconds * (steps - done) / steps)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
@@ -142,16 +142,20 @@ def _saved_step(run: Path) -> int:
     return 0
 
 
-def _wait_for_lock(run: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    """Until ``proc`` holds the run's lock (its pid written in ``.lock``) or has ended."""
+def _wait_for_training(run: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until ``proc`` holds the run's lock (its pid written in ``.lock``) and has (re)opened the
+    run's log, which the trainer does just before its first step; or until it has ended."""
     deadline = time.monotonic() + timeout
+    locked_at = None
     while proc.poll() is None and time.monotonic() < deadline:
         try:
-            if (run / ".lock").read_text().strip() == str(proc.pid):
+            if locked_at is None and (run / ".lock").read_text().strip() == str(proc.pid):
+                locked_at = time.time()
+            if locked_at is not None and (run / "log.csv").stat().st_mtime >= locked_at - 0.05:
                 return
         except OSError:
             pass
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
 class _Payload:

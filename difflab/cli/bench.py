@@ -49,7 +49,10 @@ def add_parser(sub, parser_class) -> None:
 
 def run_samplers(args) -> None:
     from ..bench import samplers
+    from .common import check_output, check_positive
 
+    check_positive(n=args.n, n_stochastic=args.n_stochastic)
+    check_output(args.out, "--out", folder=True)
     if args.quick:
         args.n, args.n_stochastic, args.no_optimise = 128, 500, True
     samplers.run(args.out, tuple(args.problems), args.n, args.n_stochastic, optimise=not args.no_optimise)
@@ -57,9 +60,11 @@ def run_samplers(args) -> None:
 
 def run_train(args) -> None:
     from ..bench.speed import bench_train
+    from ..training.data import torch_device
     from .common import UserError, check_positive
 
     check_positive(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, repeats=args.repeats)
+    torch_device(args.device)  # an unknown device is a user error before any work
     if args.steps % args.warmup:
         raise UserError("--steps must be a multiple of --warmup (the trainer logs every --warmup steps)")
     bench_train(args.preset, args.device, steps=args.steps, warmup=args.warmup, data=args.data,
@@ -68,5 +73,10 @@ def run_train(args) -> None:
 
 def run_gpu(args) -> None:
     from ..bench.speed import bench_gpu
+    from ..training.data import torch_device
+    from .common import check_output
 
+    check_output(args.out, "--out", folder=True)
+    if args.device is not None:
+        torch_device(args.device)  # an unknown device is a user error before any work
     bench_gpu(args.out, args.device, quick=args.quick, compile=not args.no_compile)

@@ -1,8 +1,14 @@
 """What every command shares: the one-line user error and the checks of common options."""
 from __future__ import annotations
 
-__all__ = ["UserError", "DEFAULT_SAMPLER", "check_sampler", "check_positive", "parse_set", "add_model_options",
-           "add_sampling_options", "add_option_argument", "load_model", "sampler_options"]
+import contextlib
+import math
+import shutil
+from pathlib import Path
+
+__all__ = ["UserError", "DEFAULT_SAMPLER", "check_sampler", "check_positive", "check_finite", "check_output",
+           "removed_on_error", "check_student_overrides", "parse_set", "add_model_options", "add_sampling_options",
+           "add_option_argument", "load_model", "sampler_options"]
 
 DEFAULT_SAMPLER = "dpmpp_2m"
 
@@ -22,6 +28,70 @@ def check_positive(**values) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def check_finite(**values) -> None:
+    """Each value must be a finite number (None: not given); a pair ``(value, lowest)`` also needs
+    value >= lowest."""
+    for name, value in values.items():
+        value, lowest = value if isinstance(value, tuple) else (value, None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or (lowest is not None and value < lowest):
+            bound = "" if lowest is None else f" and at least {lowest:g}"
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number{bound}, got {value}")
+
+
+def check_output(path, flag: str, *, folder: bool = False) -> None:
+    """Before any work: ``path``, an output of ``flag``, can be created -- it is not an existing
+    folder (``folder=True``: not an existing file), and no file stands where a parent folder goes."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"{flag} {path} is an existing {'file' if folder else 'folder'}; give a "
+                        f"{'folder' if folder else 'file'} path")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{flag} {path} lies under {parent}, which is a file; choose another path")
+
+
+def _disposable(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing a user could want: folders, the run lock, temporaries."""
+    return all(p.is_dir() or p.name == ".lock" or p.name.startswith(".tmp-") for p in folder.rglob("*"))
+
+
+@contextlib.contextmanager
+def removed_on_error(folder):
+    """Run the block; if it fails, remove the output ``folder`` (and the parents made for it) when
+    this call created it and it holds nothing of value, so a refused command leaves no half-made run."""
+    folder = Path(folder).absolute()
+    created = next((p for p in (*reversed(folder.parents), folder) if not p.exists()), None)
+    try:
+        yield
+    except BaseException:
+        if created is not None and created.is_dir() and _disposable(created):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def check_student_overrides(teacher, overrides: dict, fixed, command: str) -> None:
+    """Before any work: the --set overrides of a student trained from ``teacher`` (reflow, distill)
+    name fields that ``command`` leaves to the user (``fixed`` it sets itself; the training steps
+    are --train-steps), with values the teacher's config accepts."""
+    for key in overrides:
+        if key == "steps":
+            raise UserError(f"{command}: give the student's training steps as --train-steps N, not --set steps")
+        if key in fixed:
+            raise UserError(f"--set {key}: {command} sets {key} itself; leave it out")
+    if overrides:
+        from ..training import CheckpointError, find_model_dir, read_config
+
+        try:
+            config, _ = read_config(find_model_dir(teacher))
+        except CheckpointError:  # not a difflab model directory: loading the teacher reports it (or reads diffusers)
+            return
+        config.replace(**overrides)
 
 
 def add_model_options(p) -> None:
@@ -64,7 +134,18 @@ def sampler_options(args) -> dict:
             options[key] = json.loads(value)
         except ValueError:
             options[key] = value
+        number = options[key] if isinstance(options[key], float) else _float_word(value)
+        if number is not None and not math.isfinite(number):
+            raise UserError(f"--option {key}={value}: a sampler option must be a finite number")
     return options
+
+
+def _float_word(text: str) -> float | None:
+    """``float(text)`` for the words Python reads as floats (nan, inf, ...), else None."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def parse_set(item: str) -> tuple[str, str]:

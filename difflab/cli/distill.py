@@ -4,7 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import check_positive, parse_set
+from .common import (UserError, check_finite, check_output, check_positive, check_student_overrides, parse_set,
+                     removed_on_error)
+
+#: The student's config fields that each procedure sets itself (difflab.distill.procedures).
+FIXED = {"progressive": ("preset", "objective", "lr_decay", "teacher", "init", "distill", "native"),
+         "consistency": ("preset", "objective", "prediction", "schedule", "teacher", "init", "ema_decay",
+                         "ema_warmup", "distill", "time_sampling", "native"),
+         "guided": ("preset", "objective", "teacher", "init", "net", "distill")}
 
 
 def add_parser(sub, parser_class) -> None:
@@ -50,15 +57,24 @@ def run(args) -> None:
     from .. import distill
 
     check_positive(train_steps=args.train_steps, student_steps=getattr(args, "student_steps", None),
-                   teacher_steps=getattr(args, "teacher_steps", None),
-                   discretisation=getattr(args, "discretisation", None))
-    common = dict(train_steps=args.train_steps, device=args.device, **dict(parse_set(i) for i in args.set))
-    if args.method == "progressive":
-        model_dir = distill.progressive(args.teacher, args.out, student_steps=args.student_steps,
-                                        teacher_steps=args.teacher_steps, **common)
-    elif args.method == "consistency":
-        model_dir = distill.consistency(args.teacher, args.out, student_steps=args.student_steps,
-                                        discretisation=args.discretisation, **common)
-    else:
-        model_dir = distill.guided(args.teacher, args.out, w_min=args.w_min, w_max=args.w_max, **common)
+                   teacher_steps=getattr(args, "teacher_steps", None))
+    if args.method == "consistency" and args.discretisation < 2:
+        raise UserError(f"--discretisation must be at least 2 noise levels, got {args.discretisation}")
+    if args.method == "guided":
+        check_finite(w_min=args.w_min, w_max=args.w_max)
+        if args.w_min > args.w_max:
+            raise UserError(f"--w-min {args.w_min} is above --w-max {args.w_max}; give w-min <= w-max")
+    overrides = dict(parse_set(i) for i in args.set)
+    check_student_overrides(args.teacher, overrides, FIXED[args.method], f"distill {args.method}")
+    check_output(args.out, "--out", folder=True)
+    common = dict(train_steps=args.train_steps, device=args.device, **overrides)
+    with removed_on_error(args.out):
+        if args.method == "progressive":
+            model_dir = distill.progressive(args.teacher, args.out, student_steps=args.student_steps,
+                                            teacher_steps=args.teacher_steps, **common)
+        elif args.method == "consistency":
+            model_dir = distill.consistency(args.teacher, args.out, student_steps=args.student_steps,
+                                            discretisation=args.discretisation, **common)
+        else:
+            model_dir = distill.guided(args.teacher, args.out, w_min=args.w_min, w_max=args.w_max, **common)
     print(f"student saved in {model_dir}")

@@ -1,13 +1,16 @@
 """`difflab edit METHOD`: inpaint, SDEdit, ILVR, invert or restore (DDRM, DPS) images with a model.
 
-Each method returns the figure's rows (each (B, C, H, W)) and their names.
+Each method returns the figure's rows (each (B, C, H, W)) and their names. ``super-resolution``,
+``colorization``, ``inpainting`` and ``uncropping`` restore with a conditional denoiser trained for
+that task (SR3 / Palette), ``diffedit`` edits with a class-conditional model (docs/conditional.md).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .common import UserError, add_model_options, check_positive, check_sampler, load_model
+from .common import (UserError, add_model_options, check_finite, check_output, check_positive, check_sampler,
+                     load_model)
 
 EDIT_TILE_PX = 64  # edit figures show each image at least this many pixels wide
 
@@ -71,6 +74,28 @@ def add_parser(sub, parser_class) -> None:
     q.add_argument("--blur-std", type=float, default=1.0, metavar="PX",
                    help="blur std in pixels (default: %(default)s)")
     q.add_argument("--factor", type=int, default=2, metavar="N", help="downsampling factor (default: %(default)s)")
+    q = method("diffedit", "edit the input from one class to another inside an inferred mask (DiffEdit, "
+               "Couairon et al. 2023; class-conditional models)", [common])
+    q.add_argument("--source", type=int, required=True, metavar="C", help="the input's class")
+    q.add_argument("--target", type=int, required=True, metavar="C", help="the class to edit to")
+    q.add_argument("--strength", type=float, default=0.5, metavar="T", help="encoding level, a fraction of the steps "
+                   "in (0, 1] (default: %(default)s)")
+    q.add_argument("--threshold", type=float, default=0.5, metavar="P", help="mask threshold in [0, 1), a fraction "
+                   "of the largest difference (default: %(default)s)")
+    q.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale of the decoding "
+                   "(default: none)")
+    # conditional denoisers (SR3 / Palette, docs/conditional.md): the input is degraded as the model was trained
+    for task, what in _TASKS.items():
+        q = method(task, f"{what} with a model trained for it (task {task}; Saharia et al. 2022)",
+                   [common, sampler] + ([mask] if task == "inpainting" else []))
+        if task == "super-resolution":
+            q.add_argument("--aug-level", type=float, default=0.0, metavar="S",
+                           help="noise std added to the low-resolution input (conditioning augmentation; "
+                           "default: %(default)s)")
+
+
+_TASKS = {"super-resolution": "restore the input from its block means", "colorization": "colour the input's gray "
+          "version", "inpainting": "fill in masked pixels", "uncropping": "fill in the input's removed border"}
 
 
 def run(args) -> None:
@@ -81,8 +106,12 @@ def run(args) -> None:
     if args.steps is None:
         args.steps = 100 if args.editor == "dps" else 20
     check_positive(n=args.n, steps=args.steps)
+    check_finite(strength=getattr(args, "strength", None), sigma_y=(getattr(args, "sigma_y", None), 0),
+                 noise_std=(getattr(args, "noise_std", None), 0), scale=getattr(args, "scale", None),
+                 blur_std=getattr(args, "blur_std", None))
     if getattr(args, "sampler", None) is not None:
         check_sampler(args.sampler)
+    check_output(args.out, "--out")
     model = load_model(args, args.model_dir)
     if model.data_kind != "image":
         raise UserError(f"edit needs an image model; {args.model_dir} was trained on {model.config.data!r} points")
@@ -95,6 +124,8 @@ def run(args) -> None:
     gen = torch.Generator(model.device).manual_seed(args.seed)
     # a latent model edits the latents of the images (masks pooled to the latent grid) and decodes
     args.latent_factor = model.image_shape[-1] // model.data_shape[-1] if latent else 1
+    args.model_task = model.config.task, model.config.sr_factor  # what a conditional denoiser was trained for
+    args.num_classes = model.config.num_classes
     with torch.inference_mode(args.editor != "dps"):  # DPS takes gradients through the network
         rows, names = _EDITORS[args.editor](model.sampling_denoiser(), model.encode(x) if latent else x, sigmas,
                                             gen, args)
@@ -264,5 +295,47 @@ def _dps_downsample(args, x, gen):
 _DPS_OPERATORS = {"blur": _dps_blur, "saturate": _dps_saturate, "magnitude": _dps_magnitude, "inpaint": _dps_inpaint,
                   "downsample": _dps_downsample}
 
-_EDITORS = {"inpaint": _edit_inpaint, "sdedit": _edit_sdedit, "ilvr": _edit_ilvr, "invert": _edit_invert,
-            "ddrm": _edit_ddrm, "dps": _edit_dps}
+def _edit_task(denoiser, x, sigmas, gen, args):
+    """A conditional denoiser's restoration of the degraded input (:func:`difflab.training.tasks.restore`)."""
+    import torch
+
+    from ..training.tasks import degrade, restore, upsample
+
+    task, factor = args.model_task
+    if task != args.editor:
+        raise UserError(f"{args.model_dir} is a model of task {task!r}; edit {args.editor} needs one trained with "
+                        f"task {args.editor!r}")
+    check_finite(aug_level=(getattr(args, "aug_level", 0.0), 0))
+    if task == "inpainting":
+        mask = _edit_mask(args, x, gen).to(x.dtype)
+        y = x * mask
+    else:
+        y, mask = degrade(task, x, factor=factor, generator=gen)
+    out = restore(denoiser, task, y, sigmas, shape=x.shape[1:], factor=factor, mask=mask,
+                  aug_level=getattr(args, "aug_level", 0.0), generator=gen, **_sampler_option(args))
+    shown = torch.nn.functional.interpolate(y, scale_factor=factor) if task == "super-resolution" else y
+    return [x, shown, out.to(x.device)], ("input", f"degraded ({task})", "SR3" if task == "super-resolution" else
+                                          "Palette")
+
+
+def _edit_diffedit(denoiser, x, sigmas, gen, args):
+    from ..editing import diffedit
+    from ..guidance import cfg
+
+    k = args.num_classes
+    if k is None:
+        raise UserError(f"diffedit needs a class-conditional model (num_classes set); {args.model_dir} has none")
+    for name in ("source", "target"):
+        if not 0 <= getattr(args, name) < k:
+            raise UserError(f"--{name} must be a class in [0, {k - 1}], got {getattr(args, name)}")
+    check_finite(guidance=args.guidance)
+    if args.guidance is not None:
+        denoiser = cfg(denoiser, args.guidance, num_classes=k)
+    out, mask = diffedit(denoiser, x, args.source, args.target, sigmas, strength=args.strength,
+                         threshold=args.threshold, generator=gen)
+    print(f"mask covers {mask.float().mean().item():.1%} of the pixels")
+    return [x, x.where(mask, -1.0), out], ("input", "mask (the input where edited)", f"DiffEdit to {args.target}")
+
+
+_EDITORS = {**{task: _edit_task for task in _TASKS}, "diffedit": _edit_diffedit, "inpaint": _edit_inpaint,
+            "sdedit": _edit_sdedit, "ilvr": _edit_ilvr, "invert": _edit_invert, "ddrm": _edit_ddrm, "dps": _edit_dps}

@@ -28,7 +28,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: %(default)s)")
     p.add_argument("--guidance", type=float, metavar="W", help="classifier-free guidance scale (conditional models)")
     p.add_argument("--nll", action="store_true", help="instead: bits/dim of N held-out test images by the "
-                   "probability-flow ODE (and the ELBO for DiscreteVP models)")
+                   "probability-flow ODE (and the ELBO for DiscreteVP models, VDM's continuous-time bound for "
+                   "LogSNRTable models)")
+    p.add_argument("--elbo-samples", type=int, default=64, metavar="S", help="with --nll on a LogSNRTable (VDM) "
+                   "model: times t per image of the continuous-time bound (default: %(default)s)")
     p.add_argument("--trace", choices=("exact", "hutchinson"), default="exact", help="with --nll: the divergence "
                    "trace (default: %(default)s)")
     p.add_argument("--probes", type=int, metavar="P", help="with --nll --trace hutchinson: probes per image")
@@ -67,16 +70,17 @@ def run(args) -> None:
 
 def _eval_nll(args) -> None:
     """Bits/dim of held-out test images: the probability-flow ODE on dequantized data (and the ELBO
-    for a DiscreteVP model), as mean +- standard error over the images."""
+    for a DiscreteVP model, VDM's continuous-time bound for a LogSNRTable one), as mean +- standard
+    error over the images."""
     import math
 
     import torch
 
-    from ..likelihood import bits_per_dim, dequantize, elbo_bpd, ode_nll
-    from ..schedules import DiscreteVP
+    from ..likelihood import bits_per_dim, dequantize, elbo_bpd, ode_nll, vdm_elbo_bpd
+    from ..schedules import DiscreteVP, LogSNRTable
     from ..training import BUILTINS, load_dataset
 
-    check_positive(n=args.n, probes=args.probes)
+    check_positive(n=args.n, probes=args.probes, elbo_samples=args.elbo_samples)
     if args.n < 2:
         raise UserError("--n must be at least 2 for a standard error")
     model = load_model(args, args.dir)  # the likelihood runs in float32 whatever --dtype says
@@ -99,6 +103,9 @@ def _eval_nll(args) -> None:
     if isinstance(model.schedule, DiscreteVP):
         elbo = elbo_bpd(model.denoiser, x, model.schedule, generator=gen, progress=True)
         report(f"ELBO ({model.schedule.T} steps, discretized decoder)", elbo)
+    if isinstance(model.schedule, LogSNRTable):
+        elbo = vdm_elbo_bpd(model.denoiser, x, model.schedule, samples=args.elbo_samples, generator=gen, progress=True)
+        report(f"ELBO (continuous time, VDM; {args.elbo_samples} t per image)", elbo)
 
 
 FORECAST_HORIZONS = (1, 8, 32)  # eval forecasts the last h steps of each test window for those h < L

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (DEFAULT_SAMPLER, UserError, add_model_options, add_option_argument, check_positive,
-                     check_sampler, load_model, sampler_options)
+from .common import (DEFAULT_SAMPLER, UserError, add_model_options, add_option_argument, check_output,
+                     check_positive, check_sampler, load_model, sampler_options)
 
 LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)  # the quantiles written beside the samples
 SUFFIXES = (".npy", ".npz", ".csv")
@@ -74,6 +74,7 @@ def run_forecast(args) -> None:
     context = read_signals(args.context)
     model = _signal_model(args, len(context))
     channels, length = model.data_shape
+    _check_context(args, context, channels, length)
     truth = _read_truth(args.truth, (len(context), channels, args.horizon))
     samples = model.forecast(context, args.horizon, args.samples, **_sampling(args)).numpy()
     k, past = args.series, length - args.horizon
@@ -113,6 +114,25 @@ def run_impute(args) -> None:
         _print_scores(samples[:, missing], truth[missing], f"{int(missing.sum())} missing values")
 
 
+def _check_context(args, context, channels: int, length: int) -> None:
+    """The context file against the model's window: its channels, enough steps before the horizon,
+    and finite values where the window reads them."""
+    import numpy as np
+
+    if not 1 <= args.horizon < length:
+        raise UserError(f"--horizon must lie in [1, {length - 1}] for this model's window of {length} steps, "
+                        f"got {args.horizon}")
+    past = length - args.horizon
+    if context.shape[1] != channels:
+        raise UserError(f"{args.context} holds signals of {context.shape[1]} channel(s), but the model's have "
+                        f"{channels}")
+    if context.shape[2] < past:
+        raise UserError(f"{args.context} holds {context.shape[2]} steps per series; a horizon of {args.horizon} "
+                        f"needs the last {past} (the model's window is {length})")
+    if not np.isfinite(context[..., -past:]).all():
+        raise UserError(f"{args.context}: the last {past} steps of every series must be finite (no NaN or inf)")
+
+
 def read_signals(path: Path):
     """The signals in ``path`` (.npy, .npz, .csv) as a float64 array (N, C, L): (N, L) is read as N
     one-channel series, (L,) as one series. NaN stays NaN (missing values)."""
@@ -127,9 +147,10 @@ def read_signals(path: Path):
         if suffix == ".csv":
             x = _read_csv(path)
         elif suffix == ".npy":
-            x = np.load(path, allow_pickle=False)
+            with open(path, "rb") as f:
+                x = np.load(f, allow_pickle=False)
         else:
-            with np.load(path, allow_pickle=False) as arrays:
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as arrays:  # closed when NumPy fails too
                 if not arrays.files:
                     raise UserError(f"{path}: the .npz file holds no arrays")
                 x = arrays["x" if "x" in arrays.files else arrays.files[0]]
@@ -169,6 +190,8 @@ def _read_csv(path: Path):
 def _check_options(args) -> None:
     if args.out is None and args.npz is None:
         raise UserError("give --out FILE.png, --npz FILE.npz or both")
+    check_output(args.out, "--out")
+    check_output(args.npz, "--npz")
     if args.sampler is not None:
         check_sampler(args.sampler)
     check_positive(samples=args.samples, steps=args.steps, batch_size=args.batch_size)
@@ -180,7 +203,7 @@ def _signal_model(args, n: int):
     """The model of DIR, which must make signals, once --series is known to pick one of n series."""
     model = load_model(args, args.dir)
     if model.data_kind != "signal":
-        raise UserError(f"{args.command} needs a model of signals; {args.dir} makes {model.data_kind}s")
+        raise UserError(f"{args.command} needs a model of signals; {args.dir} makes {model.data_kind.rstrip('s')}s")
     if args.series >= n:
         raise UserError(f"--series {args.series} is out of range: the file holds {n} series")
     return model

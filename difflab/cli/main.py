@@ -15,8 +15,8 @@ import os
 import sys
 
 from ..version import __version__
-from . import (bench, demo, distill, doctor, edit, evaluate, explore, forecast, info, reflow, sample, train,
-               train_autoencoder)
+from . import (bench, cascade, demo, distill, doctor, edit, evaluate, explore, forecast, info, reflow, sample,
+               train, train_autoencoder)
 
 PROG = "difflab"
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     reflow.add_parser(sub)
     distill.add_parser(sub, _Parser)
     edit.add_parser(sub, _Parser)
+    cascade.add_parser(sub)
     info.add_parser(sub)
     evaluate.add_parser(sub)
     bench.add_parser(sub, _Parser)

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_positive, check_sampler, parse_set
+from .common import (check_output, check_positive, check_sampler, check_student_overrides, parse_set,
+                     removed_on_error)
+
+#: The student's config fields that reflow sets itself (difflab.flow.reflow).
+FIXED = ("preset", "data", "coupling", "init")
 
 
 def add_parser(sub) -> None:
@@ -37,9 +41,12 @@ def run(args) -> None:
     check_positive(pairs=args.pairs, steps=args.steps, train_steps=args.train_steps)
     check_sampler(args.sampler)
     overrides = dict(parse_set(item) for item in args.set)
-    model_dir = reflow(args.teacher, args.out, pairs=args.pairs, steps=args.steps, sampler=args.sampler,
-                       seed=args.seed, train_steps=args.train_steps, resume=args.resume, device=args.device,
-                       **overrides)
+    check_student_overrides(args.teacher, overrides, FIXED, "reflow")
+    check_output(args.out, "--out", folder=True)
+    with removed_on_error(args.out):
+        model_dir = reflow(args.teacher, args.out, pairs=args.pairs, steps=args.steps, sampler=args.sampler,
+                           seed=args.seed, train_steps=args.train_steps, resume=args.resume, device=args.device,
+                           **overrides)
     report = json.loads((args.out / REPORT_FILE).read_text())
     print(f"straightness (per dimension, {report['straightness_noises']} noises, "
           f"{report['straightness_steps']} Euler steps): teacher {report['straightness_teacher']:.4g}, "

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (DEFAULT_SAMPLER, UserError, add_model_options, add_sampling_options, check_positive,
-                     check_sampler, load_model, sampler_options)
+from .common import (DEFAULT_SAMPLER, UserError, add_model_options, add_sampling_options, check_finite,
+                     check_output, check_positive, check_sampler, load_model, sampler_options)
 
 SIGNALS_SHOWN = 8  # the PNG of signals draws the first 8
 
@@ -50,6 +50,10 @@ def run(args) -> None:
     if args.sampler is not None:
         check_sampler(args.sampler)
     check_positive(n=args.n, steps=args.steps, batch_size=args.batch_size, sample_rate=args.sample_rate)
+    check_finite(guidance=args.guidance, classifier_scale=args.classifier_scale)
+    check_output(args.out, "--out")
+    check_output(args.npz, "--npz")
+    check_output(args.wav, "--wav", folder=True)
     model = load_model(args, args.dir)
     if model.imputes:
         raise UserError(f"{args.dir} is an imputation model: it samples missing values given observed ones; use "
@@ -97,7 +101,7 @@ def _wav_sample_rate(args, model) -> int | None:
             raise UserError("--sample-rate applies to --wav only")
         return None
     if model.data_kind != "signal":
-        raise UserError(f"--wav writes signals as audio; {args.dir} makes {model.data_kind}s")
+        raise UserError(f"--wav writes signals as audio; {args.dir} makes {model.data_kind.rstrip('s')}s")
     rate = args.sample_rate or model.sample_rate
     if rate is None:
         raise UserError(f"{args.dir} has no sample rate (it was not trained on audio); give --sample-rate HZ")

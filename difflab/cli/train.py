@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UserError, check_positive, parse_set
+from .common import UserError, check_finite, check_output, check_positive, parse_set, removed_on_error
 
 
 def add_parser(sub) -> None:
@@ -65,12 +65,15 @@ def run(args) -> None:
         config, _ = read_config(find_model_dir(args.out))
     else:
         raise UserError("give --preset NAME or --config FILE.toml (or --resume to continue a run)")
-    overrides = dict(parse_set(item) for item in args.set)
+    check_output(args.out, "--out", folder=True)
     flags = {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
              "cond_drop": args.cond_drop, "compile": args.compile, "keep": args.keep,
              "autoencoder": None if args.autoencoder is None else str(args.autoencoder.resolve())}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    model_dir = train(config.replace(**overrides), args.out, resume=args.resume, device=args.device)
+    # --set first, so that each of its values is checked even where a flag overrides it
+    config = config.replace(**dict(parse_set(item) for item in args.set))
+    config = config.replace(**{k: v for k, v in flags.items() if v is not None})
+    with removed_on_error(args.out):
+        model_dir = train(config, args.out, resume=args.resume, device=args.device)
     print(f"model saved in {model_dir}")
 
 
@@ -78,8 +81,11 @@ def run_classifier(args) -> None:
     from ..training import train_classifier
 
     check_positive(steps=args.steps, batch_size=args.batch_size)
+    check_finite(lr=args.lr)
+    check_output(args.out, "--out", folder=True)
     flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
-    meta = train_classifier(args.data, args.out, **{k: v for k, v in flags.items() if v is not None})
+    with removed_on_error(args.out):
+        meta = train_classifier(args.data, args.out, **{k: v for k, v in flags.items() if v is not None})
     accuracy = ", ".join(f"{a:.1%} at sigma {s}" for s, a in meta["accuracy"].items())
     print(f"held-out accuracy ({meta['accuracy_split']} split, {meta['num_classes']} classes): {accuracy}")
     print(f"classifier saved in {args.out}")

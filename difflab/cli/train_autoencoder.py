@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UserError, check_positive, parse_set
+from .common import UserError, check_output, check_positive, parse_set, removed_on_error
 
 
 def add_parser(sub) -> None:
@@ -39,7 +39,10 @@ def run(args) -> None:
     overrides = dict(parse_set(item) for item in args.set)
     flags = {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    meta = train_autoencoder(config.replace(**overrides), args.out, device=args.device)
+    config = config.replace(**overrides)
+    check_output(args.out, "--out", folder=True)
+    with removed_on_error(args.out):
+        meta = train_autoencoder(config, args.out, device=args.device)
     shape = "x".join(map(str, meta["latent_shape"]))
     metrics = meta["metrics"]
     print(f"latent scale factor: {meta['scale_factor']:.5g} (latents {shape})")

@@ -9,6 +9,7 @@ Denoiser contract of docs/design.md, usable with any trained model or exact orac
 - :func:`sdedit`: SDEdit (Meng et al. 2022);
 - :func:`ilvr`: ILVR (Choi et al. 2021);
 - :func:`invert`, :func:`reconstruct`: DDIM / probability-flow ODE inversion (Song et al. 2021a);
+- :func:`diffedit`, :func:`diffedit_mask`: DiffEdit (Couairon et al. 2023) with a class-conditional denoiser;
 - :func:`ddrm`: DDRM (Kawar et al. 2022) with the operators :class:`Inpainting`,
   :class:`SuperResolution` and :class:`Colorization`;
 - :func:`dps`: diffusion posterior sampling (Chung et al. 2023) for any differentiable measurement,
@@ -18,6 +19,7 @@ Denoiser contract of docs/design.md, usable with any trained model or exact orac
 See docs/editing.md for the mathematics, conventions and what is approximate.
 """
 from .ddrm import Colorization, Inpainting, LinearOperator, SuperResolution, ddrm
+from .diffedit import diffedit, diffedit_mask
 from .dps import dps, dps_denoiser, downsampling, fourier_magnitude, gaussian_blur, masking, saturation
 from .ilvr import ilvr, low_pass
 from .inpaint import inpaint, observation_condition, observed_denoiser, repaint_schedule, replaced_denoiser
@@ -26,4 +28,4 @@ from .sdedit import sdedit
 
 __all__ = ["inpaint", "replaced_denoiser", "observed_denoiser", "observation_condition", "repaint_schedule",
            "sdedit", "ilvr", "low_pass", "invert", "reconstruct", "ddrm", "LinearOperator", "Inpainting", "SuperResolution", "Colorization",
-           "dps", "dps_denoiser", "gaussian_blur", "saturation", "fourier_magnitude", "masking", "downsampling"]
+           "diffedit", "diffedit_mask", "dps", "dps_denoiser", "gaussian_blur", "saturation", "fourier_magnitude", "masking", "downsampling"]

@@ -12,7 +12,7 @@ the blocks every network uses are in :mod:`.layers`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -242,12 +242,16 @@ class UNetConfig(EncoderConfig):
     (the extra channels parametrise the variance, Nichol & Dhariwal 2021, sec. 3.1).
     ``num_classes`` adds a class embedding with an extra null class (see :class:`ConditionEmbedding`);
     ``guidance_embedding`` an input for the guidance scale w of a guidance-distilled student.
+    ``cond_channels``: channels of an image the network sees beside ``x`` (the degraded input of a
+    conditional denoiser, SR3 / Palette, Saharia et al. 2022), concatenated to ``x`` before the
+    input convolution; 0 (the default) builds exactly the unconditional network.
     """
 
     out_channels: int | None = None
     num_classes: int | None = None
     learn_sigma: bool = False
     guidance_embedding: bool = False
+    cond_channels: int = 0
 
     @property
     def output_channels(self) -> int:
@@ -268,7 +272,8 @@ class UNet(nn.Module):
         emb_dim = 4 * cfg.base_channels
         self.embed = ConditionEmbedding(cfg.base_channels, emb_dim, cfg.num_classes, cfg.guidance_embedding)
         self.text = None if cfg.text is None else TextEncoder(TextConfig.from_dict(cfg.text))
-        self.encoder = Encoder(cfg, emb_dim)
+        # the condition is concatenated to x: the encoder reads in_channels + cond_channels
+        self.encoder = Encoder(replace(cfg, in_channels=cfg.in_channels + cfg.cond_channels), emb_dim)
         block, attention = _block_builders(cfg, emb_dim)
         ch, res = self.encoder.out_channels, self.encoder.out_resolution
         skips = list(self.encoder.skip_channels)
@@ -287,9 +292,17 @@ class UNet(nn.Module):
         self.conv_out = zero_init(nn.Conv2d(ch, cfg.output_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor | None = None, w=None,
-                text: torch.Tensor | None = None) -> torch.Tensor:
+                text: torch.Tensor | None = None, condition: torch.Tensor | None = None) -> torch.Tensor:
         if (text is None) != (self.text is None):
             raise ValueError("a text-conditional network needs text tokens, and only such a network takes them")
+        if (condition is None) != (self.config.cond_channels == 0):
+            raise ValueError(f"this network needs a condition of shape (B, {self.config.cond_channels}, H, W)"
+                             if condition is None else "a condition was given to a network built with cond_channels=0")
+        if condition is not None:
+            if condition.shape != (x.shape[0], self.config.cond_channels, *x.shape[2:]):
+                raise ValueError(f"condition must have shape {(x.shape[0], self.config.cond_channels, *x.shape[2:])}, "
+                                 f"got {tuple(condition.shape)}")
+            x = torch.cat([x, condition.to(x.dtype)], dim=1)
         emb = self.embed(c_noise, y, x.shape[0], w)
         context, pad = self.text(text) if self.text is not None else (None, None)
         h, skips = self.encoder(x, emb, context, pad)

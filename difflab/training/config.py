@@ -13,6 +13,7 @@ key. TOML has no null: a key left out keeps the preset's (or the default) value.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -25,12 +26,14 @@ from pathlib import Path
 import torch
 
 from ..io import atomic
+from ..nets import NETWORKS as NETWORK_CLASSES
 from ..nets import UNET_PRESETS, DiTConfig, MLPConfig, UNetConfig
 from ..nets.wavenet import WaveNetConfig
 from ..nets.text import TextConfig
 from ..samplers import SAMPLERS
-from ..schedules import EDM, DiscreteVP, Flow, consistency_sigmas, make_schedule
+from ..schedules import EDM, DiscreteVP, Flow, LogSNRTable, consistency_sigmas, make_schedule
 from .data import SHAPES_TEXT_VOCAB
+from .tasks import IMAGE_TASKS
 
 __all__ = ["TrainConfig", "PRESETS", "load_config", "save_config", "config_from_dict", "native_sampling"]
 
@@ -42,8 +45,8 @@ LR_DECAYS = ("none", "cosine", "linear")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 TIME_SAMPLINGS = ("default", "uniform", "logit_normal")
 COUPLINGS = ("independent", "ot", "pairs")
-OBJECTIVES = ("denoising", "progressive", "consistency", "guided")
-TASKS = ("generate", "impute")
+OBJECTIVES = ("denoising", "progressive", "consistency", "guided", "vdm")
+TASKS = ("generate", "impute", *IMAGE_TASKS)  # IMAGE_TASKS: conditional denoisers (SR3 / Palette), .tasks
 _DICT_FIELDS = ("net", "schedule", "distill", "native")
 #: Presets of latent models: they train on the latents of an autoencoder given as --autoencoder DIR.
 LATENT_PRESETS = {"digits-latent": "digits-ae", "shapes-text": "shapes-ae"}
@@ -85,7 +88,9 @@ class TrainConfig:
     ``objective`` (docs/distill.md): ``denoising`` (the default), or a distillation of the model
     directory ``teacher`` -- ``progressive`` (Salimans & Ho 2022), ``consistency`` (Song et al.
     2023; without a teacher: consistency training, Song & Dhariwal 2024) or ``guided`` (Meng et al.
-    2023) -- with its options in the ``distill`` table. ``native``: the sampler and sigmas that
+    2023) -- with its options in the ``distill`` table; or ``vdm``, the continuous-time bound of
+    Kingma et al. (2021) with a learned noise schedule (docs/likelihood.md; ``distill`` options
+    ``knots``, ``learn_schedule``). ``native``: the sampler and sigmas that
     ``TrainedModel.sample`` uses when none are given (a distilled student's own).
 
     ``autoencoder``: an autoencoder directory (``difflab train-autoencoder``): the model is trained
@@ -98,7 +103,12 @@ class TrainConfig:
     et al. 2021) learns the law of the missing values given the observed ones: each training signal
     gets a random observation mask (a known past for forecasting or scattered observed points,
     :func:`~difflab.training.losses.draw_observation_mask`), the network sees the observed values and
-    the mask as extra channels, and the loss counts the missing values only.
+    the mask as extra channels, and the loss counts the missing values only. ``super-resolution``,
+    ``colorization``, ``inpainting``, ``uncropping`` (images, a UNet; SR3 and Palette, Saharia et
+    al. 2022; docs/conditional.md) learn the law of an image given a degraded version of it, which
+    the network sees as extra channels (:mod:`difflab.training.tasks`): ``sr_factor`` is the
+    down-sampling factor of super-resolution, ``cond_aug`` the std of the Gaussian noise added to
+    its low-resolution input in training (conditioning augmentation for cascades, Ho et al. 2022).
     """
 
     preset: str = "custom"
@@ -148,6 +158,8 @@ class TrainConfig:
     native: dict = field(default_factory=dict)
     autoencoder: str | None = None
     task: str = "generate"
+    sr_factor: int = 2
+    cond_aug: float = 0.0
 
     def __post_init__(self):
         for name, hint in _hints().items():
@@ -201,7 +213,11 @@ def _check_type(name: str, value, hint):
     if base is str and isinstance(value, os.PathLike):
         return os.fspath(value)
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float range (TOML and JSON integers have no bound here)
+            raise ValueError(f"TrainConfig.{name} must be a number within float range, got an integer of "
+                             f"{len(str(abs(value)))} digits") from None
     if base is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if base_origin is tuple and isinstance(value, (list, tuple)):
@@ -303,8 +319,13 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(f"TrainConfig.sample_sampler {c.sample_sampler!r} is not one of {', '.join(SAMPLERS)}")
     try:
         schedule = make_schedule(c.schedule)
+        lo, hi = schedule.sigma_min, schedule.sigma_max
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"TrainConfig.schedule {c.schedule} is not a valid schedule ({e})") from e
+    if not 0 <= lo < hi:
+        raise ValueError(f"TrainConfig.schedule {c.schedule} spans sigma {lo} to {hi}; it needs "
+                         "0 <= sigma_min < sigma_max")
+    _check_net(c.network, c.net)
     if (c.prediction == "consistency") != (c.objective == "consistency"):
         raise ValueError("a consistency model (prediction 'consistency') is trained with objective 'consistency', "
                          "and that objective needs it")
@@ -320,8 +341,66 @@ def _validate(c: TrainConfig) -> None:
                          f"{type(schedule).__name__} draws its own noise levels")
     if c.task == "impute" and (c.network != "wavenet" or c.objective != "denoising"):
         raise ValueError("TrainConfig.task 'impute' trains a wavenet on signals with the denoising objective")
+    if c.task in IMAGE_TASKS and (c.network != "unet" or c.objective != "denoising"):
+        raise ValueError(f"TrainConfig.task {c.task!r} trains a unet on images with the denoising objective")
+    if c.sr_factor < 2 or not 0 <= c.cond_aug < math.inf:
+        raise ValueError(f"TrainConfig.sr_factor must be at least 2 and cond_aug a non-negative number, "
+                         f"got {c.sr_factor} and {c.cond_aug}")
     if not c.logit_std > 0 or not math.isfinite(c.logit_std) or not math.isfinite(c.logit_mean):
         raise ValueError(f"TrainConfig.logit_std must be positive, got {c.logit_std}")
+
+
+#: Integer fields of the network configs that may be 0 (every other one must be at least 1).
+_NET_ZERO_OK = ("num_res_blocks", "depth", "cond_channels")
+
+
+def _check_net(network: str, net: dict) -> None:
+    """The entries of the ``net`` table that the network's config has must be of their types
+    (positive integers, 0 also where :data:`_NET_ZERO_OK`; finite numbers; true / false; lists of
+    positive integers) and pass the config's own checks: a bad value is this one sentence, not an
+    error deep in PyTorch when the network is built. (Keys it lacks, a table of another network
+    kind, are reported when the network is built, beside the data that chose the kind.)"""
+    config_cls = NETWORK_CLASSES[network][0]
+    hints = _field_hints(config_cls)
+    known = {k: v for k, v in net.items() if k in hints}
+    for name, value in known.items():
+        hint = hints[name]
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) \
+            if isinstance(hint, types.UnionType) else hint
+        kind = typing.get_origin(base) or base
+        if not _net_value_ok(name, value, kind):
+            expected = "a number in [0, 1)" if name == "dropout" else _NET_KINDS.get(kind, kind.__name__)
+            raise ValueError(f"TrainConfig.net.{name} must be {expected}{' (or 0)' if name in _NET_ZERO_OK else ''}, "
+                             f"got {value!r}")
+    try:
+        config_cls.from_dict(known)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"TrainConfig.net does not fit the {network} network ({e})") from e
+
+
+@functools.lru_cache(maxsize=None)
+def _field_hints(config_cls) -> dict:
+    return typing.get_type_hints(config_cls)
+
+
+_NET_KINDS = {int: "a positive integer", float: "a finite number", bool: "true or false",
+              tuple: "a list of positive integers", dict: "a table", str: "a string"}
+
+
+def _net_value_ok(name: str, value, kind) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= (0 if name in _NET_ZERO_OK else 1)
+    if kind is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return number and (name != "dropout" or 0 <= value < 1)
+    if kind is tuple:
+        return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                        for v in value)
+    return isinstance(value, kind)
 
 
 def native_sampling(config: TrainConfig):
@@ -431,6 +510,25 @@ def _presets() -> dict[str, TrainConfig]:
         "tones": ar1.replace(
             preset="tones", data="tones", sigma_data=0.2, batch_size=16, steps=2000,
             net=WaveNetConfig(residual_channels=32, layers=10, dilation_cycle=10).to_dict()),
+        # Variational Diffusion Models (Kingma et al. 2021): eps prediction trained by the
+        # continuous-time bound (bits/dim) jointly with a learned log-SNR schedule of 32 pieces,
+        # starting linear from gamma = -13.3 to 5; the model directory records the learned table.
+        "digits-vdm": digits.replace(
+            preset="digits-vdm", objective="vdm", prediction="eps", weighting="uniform",
+            schedule=LogSNRTable().to_dict(), distill={"knots": 32, "learn_schedule": True}),
+        # Conditional denoisers for super-resolution (SR3, Saharia et al. 2022; docs/conditional.md):
+        # the UNet sees the bicubic up-sampling of the 2x2-block means as extra channels.
+        # digits 4x4 -> 8x8 with the demo's small network; shapes 16x16 -> 32x32.
+        "digits-sr": digits.replace(
+            preset="digits-sr", task="super-resolution", sr_factor=2,
+            net=dict(digits_net, base_channels=16, num_res_blocks=1, attn_resolutions=[]),
+            steps=1500, lr_decay="cosine", ckpt_every=500, sample_every=500),
+        "shapes-sr": TrainConfig(
+            preset="shapes-sr", data="shapes", network="unet", task="super-resolution", sr_factor=2,
+            net=UNetConfig(in_channels=3, resolution=32, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                           attn_resolutions=(8,), head_channels=32, dropout=0.0).to_dict(),
+            **edm, lr=5e-4, warmup_steps=500, lr_decay="cosine", batch_size=64, steps=20_000, ema_decay=0.999,
+            ckpt_every=2000, sample_every=2000, log_every=100),
     }
 
 
@@ -446,6 +544,8 @@ def config_from_dict(data: dict) -> TrainConfig:
     preset (else the defaults), set the top-level keys, update ``net`` / ``schedule`` key by key."""
     data = dict(data)
     name = data.get("preset")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"preset must be a preset's name (a string), got {name!r}")
     if name is not None and name != "custom" and name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     base = PRESETS[name] if name in PRESETS else TrainConfig()
@@ -469,6 +569,8 @@ def load_config(path: str | Path) -> TrainConfig:
         data = tomllib.loads(path.read_text())
     except OSError as e:
         raise ValueError(f"{path}: cannot read the config file ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text file (a TOML config is UTF-8 text; {e.reason} at byte {e.start})") from e
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from e
     try:

@@ -16,6 +16,7 @@ import functools
 import itertools
 import math
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -474,11 +475,12 @@ def _load_wav_folder(root: Path, files: list[Path], size: int | None, seed: int)
             continue
         signals.append(x)
         rates.add(rate)
+    if not signals:  # an error alone, without the warning about skipped files before it
+        raise DataError(f"{root}: none of the {len(broken)} WAV files could be read ({_listed(broken)}); "
+                        "check that they are PCM WAV files")
     if broken:
-        warnings.warn(f"{root}: skipped {len(broken)} WAV files that could not be read: "
-                      f"{', '.join(broken[:5])}{', ...' if len(broken) > 5 else ''}", stacklevel=3)
-    if not signals:
-        raise DataError(f"{root}: none of the WAV files could be read")
+        warnings.warn(f"{root}: skipped {len(broken)} WAV files that could not be read: {_listed(broken)}",
+                      stacklevel=3)
     if len(rates) > 1:
         raise DataError(f"{root}: the WAV files have different sample rates ({sorted(rates)} Hz); resample "
                         "them to one rate first")
@@ -490,6 +492,11 @@ def _load_wav_folder(root: Path, files: list[Path], size: int | None, seed: int)
                       stacklevel=3)
     x = torch.from_numpy(np.stack([s[:, :length] for s in signals])).float()
     return Dataset(x, name=root.name, sample_rate=rates.pop())
+
+
+def _listed(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` names, comma-separated, then ``...`` if there are more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def _load_folder(
@@ -518,14 +525,14 @@ def _load_folder(
             continue
         if class_names:
             labels.append(class_names.index(folders[i]))
+    if not images:  # an error alone, without the warning about skipped files before it
+        raise DataError(f"{root}: none of the {len(keep)} image files could be read ({_listed(broken)}); "
+                        "check that they are complete PNG, JPEG or WebP files")
     if broken:
-        shown = ", ".join(broken[:5]) + (", ..." if len(broken) > 5 else "")
         warnings.warn(
-            f"{root}: skipped {len(broken)} of {len(keep)} image files that could not be read: {shown}",
+            f"{root}: skipped {len(broken)} of {len(keep)} image files that could not be read: {_listed(broken)}",
             stacklevel=3,
         )
-    if not images:
-        raise DataError(f"{root}: none of the {len(keep)} image files could be read")
 
     channels = max(img.shape[0] for img in images)  # with channels=None, any colour file makes all RGB
     sides = {img.shape[1:] for img in images}
@@ -548,20 +555,13 @@ def _load_array(path: Path, size: int | None, seed: int) -> Dataset:
     images of one channel; float (N, C, L) is signals and (N, D) points, both of any range.
     """
     try:
-        arrays = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the array ({e})") from e
-    if isinstance(arrays, np.lib.npyio.NpzFile):
-        with arrays:
-            x_key = next((k for k in ("x", "images", "arr_0") if k in arrays.files), None)
-            if x_key is None:
-                found = ", ".join(arrays.files)
-                raise DataError(f"{path}: no array named x, images or arr_0 (found {found})")
-            y_key = next((k for k in ("y", "labels") if k in arrays.files), None)
-            x, labels = arrays[x_key], arrays[y_key] if y_key else None
-            noise = arrays["noise"] if "noise" in arrays.files else None
-    else:
-        x, labels, noise = arrays, None, None
+        with open(path, "rb") as f:  # closed here even when NumPy fails half-way
+            x, labels, noise = _read_arrays(path, np.load(f, allow_pickle=False))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # DataError is a ValueError
+        if isinstance(e, DataError):
+            raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise DataError(f"{path}: cannot read the array ({reason})") from e
     x = _array_to_tensor(x, path)
     if noise is not None:
         noise = torch.from_numpy(np.ascontiguousarray(noise)).float()
@@ -577,6 +577,20 @@ def _load_array(path: Path, size: int | None, seed: int) -> Dataset:
     idx = torch.from_numpy(_subset(len(x), size, seed))
     return Dataset(x[idx], None if y is None else y[idx], name=path.stem,
                    noise=None if noise is None else noise[idx])
+
+
+def _read_arrays(path: Path, arrays) -> tuple:
+    """(x, labels or None, noise or None) of what np.load returned: an array, or an .npz's arrays
+    (read now, while its file is open)."""
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        return arrays, None, None
+    with arrays:
+        x_key = next((k for k in ("x", "images", "arr_0") if k in arrays.files), None)
+        if x_key is None:
+            found = ", ".join(arrays.files) or "no arrays"
+            raise DataError(f"{path}: no array named x, images or arr_0 (found {found})")
+        y_key = next((k for k in ("y", "labels") if k in arrays.files), None)
+        return arrays[x_key], arrays[y_key] if y_key else None, arrays["noise"] if "noise" in arrays.files else None
 
 
 def _array_to_tensor(x: np.ndarray, path: Path) -> torch.Tensor:
@@ -608,7 +622,8 @@ def _conform(ds: Dataset, resolution: int | None, channels: int | None) -> Datas
     captions kept)."""
     if ds.kind != "image":
         if resolution is not None or channels is not None:
-            raise DataError(f"{ds.name} is a set of {ds.kind}s; resolution and channels apply to images only")
+            raise DataError(f"{ds.name} is a set of {ds.kind.rstrip('s')}s; resolution and channels apply to images "
+                            "only")
         return ds
     if ds.noise is not None and (resolution, channels) != (None, None):
         raise DataError(f"{ds.name} pairs data with noise; it cannot be resized or converted")

@@ -12,7 +12,9 @@ teacher's calls happen there, without gradients) and computes the loss of a slic
   the improved recipe (Song & Dhariwal 2024: pseudo-Huber loss, discretisation curriculum,
   lognormal choice of the noise level);
 - :class:`Guided`: guided distillation, stage one (Meng et al. 2023, sec. 4.1): a student fed the
-  guidance scale w matches the teacher's classifier-free guided denoiser in one call.
+  guidance scale w matches the teacher's classifier-free guided denoiser in one call;
+- :class:`VDM`: the continuous-time variational bound of Variational Diffusion Models (Kingma et
+  al. 2021), with the noise schedule (:class:`LearnedLogSNR`) learned jointly with the network.
 
 docs/distill.md has the derivations.
 """
@@ -21,17 +23,23 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from ..denoisers import NetworkDenoiser, append_dims
 from ..guidance import cfg
+from ..likelihood.ode import check_8bit_range
+from ..likelihood.vdm import low_discrepancy_times, quantize_8bit, vdm_decoder_nll, vdm_prior_kl
 from ..samplers.stepping import heun_step
-from ..schedules import consistency_grid, make_schedule
+from ..schedules import LogSNRTable, consistency_grid, make_schedule
 from .checkpoint import build_model
 from ..editing.inpaint import observation_condition
-from .losses import denoising_loss, draw_noise, draw_observation_mask, drop_captions, drop_labels
+from .losses import (denoising_loss, draw_noise, draw_observation_mask, drop_captions, drop_labels,
+                     x0_output_scale)
+from .tasks import IMAGE_TASKS, draw_task_batch
 
-__all__ = ["Objective", "Denoising", "Progressive", "Consistency", "Guided", "make_objective", "load_teacher",
-           "ddim_step", "progressive_target", "guided_target", "ct_discretisation", "pseudo_huber"]
+__all__ = ["Objective", "Denoising", "Progressive", "Consistency", "Guided", "VDM", "LearnedLogSNR",
+           "make_objective", "learned_log_snr", "load_teacher", "ddim_step", "progressive_target", "guided_target",
+           "ct_discretisation", "pseudo_huber"]
 
 
 def load_teacher(path, device) -> NetworkDenoiser:
@@ -63,6 +71,11 @@ class Objective:
     def loss(self, batch: dict):
         raise NotImplementedError
 
+    def learned_schedule(self):
+        """The noise schedule as trained so far, when the objective learns it (:class:`VDM`): the model
+        directory records it as its config's schedule. None: the config's schedule stays."""
+        return None
+
 
 class Denoising(Objective):
     """The denoising loss (:func:`difflab.training.losses.denoising_loss`); for ``task = "impute"``
@@ -75,6 +88,9 @@ class Denoising(Objective):
         if self.config.task == "impute":
             mask = draw_observation_mask(x0, generator)
             batch.update(condition=observation_condition(x0, mask), loss_mask=1 - mask)
+        elif self.config.task in IMAGE_TASKS:  # SR3 / Palette: the degraded image as the condition
+            batch.update(draw_task_batch(self.config.task, x0, factor=self.config.sr_factor,
+                                         cond_aug=self.config.cond_aug, generator=generator))
         return batch
 
     def loss(self, b):
@@ -264,8 +280,161 @@ def guided_target(teacher, x, sigma, y, w, num_classes: int) -> torch.Tensor:
     return cfg(teacher, w, num_classes=num_classes)(x, sigma, y=y)
 
 
-def make_objective(config, student: NetworkDenoiser, ema_denoiser: NetworkDenoiser | None, device) -> Objective:
-    """The config's objective, with its teacher loaded onto ``device``."""
+class LearnedLogSNR(nn.Module):
+    """VDM's learned noise schedule gamma(t) = -log SNR(t) on t in [0, 1] (Kingma et al. 2021, eq. 3-5;
+    App. H uses a monotone network, this is the monotone piecewise-linear map with learnable
+    endpoints): with K pieces, p = softmax(logits) and S_k = p_0 + ... + p_{k-1},
+
+        gamma(t) = gamma_0 + (gamma_1 - gamma_0) s(t),   s(t) = S_k + p_k (K t - k) on [k/K, (k+1)/K],
+
+    so s rises strictly from s(0) = 0 to s(1) = 1, gamma'(t) = (gamma_1 - gamma_0) K p_k, and the
+    endpoints are the parameters ``gamma_0`` and ``log_range`` = log(gamma_1 - gamma_0) alone. It
+    starts as the ``initial`` table's interpolation on the K + 1 knots (VDM's linear schedule for a
+    two-value table). Parameters are float64; :meth:`table` is the exact :class:`LogSNRTable`.
+    """
+
+    def __init__(self, initial: LogSNRTable, knots: int = 32, trainable: bool = True):
+        super().__init__()
+        gamma = initial.gamma(torch.linspace(0, 1, knots + 1, dtype=torch.float64))
+        span = gamma[-1] - gamma[0]
+        self.gamma_0 = nn.Parameter(gamma[0].clone())
+        self.log_range = nn.Parameter(span.log())
+        self.logits = nn.Parameter((gamma.diff() / span).log())
+        self.trainable = trainable
+        self.requires_grad_(trainable)
+
+    def endpoints(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gamma_0, self.gamma_0 + self.log_range.exp()
+
+    def shape(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s(t), s'(t)) at times t (B,), float64."""
+        K = self.logits.numel()
+        p = torch.softmax(self.logits, 0)
+        S = torch.cat([p.new_zeros(1), p.cumsum(0)])
+        t = t.to(torch.float64).clamp(0, 1)
+        k = (t * K).floor().long().clamp(max=K - 1)
+        return S[k] + p[k] * (t * K - k), K * p[k]
+
+    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma(t), gamma'(t)) at times t (B,)."""
+        s, ds = self.shape(t)
+        g0, g1 = self.endpoints()
+        return g0 + (g1 - g0) * s, (g1 - g0) * ds
+
+    @torch.no_grad()
+    def table(self) -> LogSNRTable:
+        """The schedule as a :class:`LogSNRTable` of gamma at the K + 1 knots (linear in between, as here)."""
+        g0, g1 = self.endpoints()
+        S = torch.cat([self.logits.new_zeros(1), torch.softmax(self.logits, 0).cumsum(0)])
+        return LogSNRTable((g0 + (g1 - g0) * S).cpu())
+
+    def state_json(self) -> dict:
+        """The parameters as JSON numbers (float64 values round-trip exactly through JSON)."""
+        return {name: p.detach().cpu().tolist() for name, p in self.named_parameters()}
+
+    @torch.no_grad()
+    def load_state_json(self, state: dict) -> None:
+        for name, p in self.named_parameters():
+            p.copy_(torch.tensor(state[name], dtype=p.dtype))
+
+
+class VDM(Objective):
+    """The continuous-time variational bound of VDM (Kingma et al. 2021, eq. 11 with T -> infinity;
+    :mod:`difflab.likelihood.vdm`) in bits/dim per sample, on 8-bit data x in [-1, 1] rounded to
+    its levels:
+
+        L = L_prior(gamma_1) + L_recon(gamma_0) + 1/2 gamma'(t) e^{-gamma} c^2 ||F - target||^2,
+
+    t from the low-discrepancy sampler over the global batch, F the network's output at
+    z_t = alpha_t x + sigma_t eps (x_in = alpha x_ve with x_ve = x + e^{gamma/2} eps), c the factor
+    that turns an output error into an x0 error (1/2 gamma' ||eps - eps_hat||^2 for eps prediction,
+    eq. 17). The network's time input is :meth:`LogSNRTable.c_noise_of_gamma`, differentiable in gamma.
+
+    With a trainable :class:`LearnedLogSNR` ("Variance minimization" section of the paper), the
+    endpoints follow the gradient of the bound, and the shape between them the gradient of the
+    squared diffusion loss E[L_inf^2], which by the invariance of E[L_inf] to the shape (sec. 5.1)
+    is the gradient of its variance: one backward pass does both, a hook on s(t) and s'(t) scaling
+    each sample's gradient by 2 L_inf (d/ds L^2 = 2 L dL/ds). The network follows the bound.
+    """
+
+    def __init__(self, student, config, gamma: LearnedLogSNR):
+        super().__init__(student, config)
+        if not isinstance(student.schedule, LogSNRTable) or student.prediction not in ("eps", "x0", "v"):
+            raise ValueError("objective 'vdm' trains eps, x0 or v prediction on a LogSNRTable schedule")
+        if config.weighting != "uniform":
+            raise ValueError("objective 'vdm' weights the squared error by its bound itself; set weighting = 'uniform'")
+        if config.task != "generate":
+            raise ValueError(f"objective 'vdm' bounds the likelihood of the data (task 'generate'), not task {config.task!r}")
+        self.gamma, self._checked = gamma, False
+
+    def draw(self, x0, y, paired, generator, step, text=None):
+        if not self._checked:  # once per run: the 8-bit likelihood needs data in [-1, 1]
+            check_8bit_range(x0, "objective 'vdm'")
+            self._checked = True
+        t = low_discrepancy_times(x0.shape[0], generator, x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise_0 = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        null = self.config.num_classes if self.config.num_classes is not None else -1
+        y = drop_labels(y, self.config.cond_drop, null, generator)
+        return {"x0": quantize_8bit(x0), "t": t, "noise": noise, "noise_0": noise_0, "y": y,
+                "text": self._drop_text(text, generator)}
+
+    def terms(self, b) -> dict:
+        """prior, decoder and diffusion terms in nats per sample (B,), differentiable."""
+        x0, dim = b["x0"], b["x0"][0].numel()
+        s, ds = self.gamma.shape(b["t"])
+        g0, g1 = self.gamma.endpoints()
+        gamma, slope = g0 + (g1 - g0) * s, (g1 - g0) * ds
+        sigma = (0.5 * gamma).exp()
+        extra = {"text": b["text"]} if b.get("text") is not None else None
+        _, mse = denoising_loss(self.student, x0, sigma, b["noise"], b.get("y"), self.config, extra_cond=extra)
+        c = x0_output_scale(self.student.prediction, sigma, self.student.schedule.alpha_of_ve_sigma(sigma))
+        diffusion = 0.5 * slope * (-gamma).exp() * c**2 * dim * mse
+        if s.requires_grad and torch.is_grad_enabled():  # the shape follows d E[L_inf^2] (see the class docstring)
+            scale = 2 * diffusion.detach() / (dim * math.log(2))  # the loss is in bits/dim
+            s.register_hook(lambda grad: grad * scale)
+            ds.register_hook(lambda grad: grad * scale)
+        recon = vdm_decoder_nll(x0, x0 + (0.5 * g0).exp().to(x0.dtype) * b["noise_0"], g0)
+        return {"prior": vdm_prior_kl(x0, g1), "decoder": recon, "diffusion": diffusion}
+
+    def loss(self, b):
+        terms = self.terms(b)
+        per_sample = (terms["prior"] + terms["decoder"] + terms["diffusion"]) / (b["x0"][0].numel() * math.log(2))
+        return per_sample.mean(), per_sample
+
+    def learned_schedule(self):
+        return self.gamma.table() if self.gamma.trainable else None
+
+
+VDM_OPTIONS = {"knots": 32, "learn_schedule": True}  # TrainConfig.distill of objective "vdm", with the defaults
+
+
+def learned_log_snr(config) -> LearnedLogSNR | None:
+    """The :class:`LearnedLogSNR` of a ``vdm`` objective (None for the others), from the config's
+    schedule and its options ``distill = {"knots": K, "learn_schedule": bool}`` (32, true): the
+    trainer puts its parameters in the optimizer and its state in the training state."""
+    if config.objective != "vdm":
+        return None
+    unknown = sorted(set(config.distill) - set(VDM_OPTIONS))
+    if unknown or config.teacher is not None:
+        raise ValueError(f"objective 'vdm' takes no teacher and the options {', '.join(VDM_OPTIONS)}; got "
+                         f"{unknown or 'a teacher'}")
+    options = {**VDM_OPTIONS, **config.distill}
+    knots, learn = options["knots"], options["learn_schedule"]
+    if isinstance(knots, bool) or not isinstance(knots, int) or knots < 1 or not isinstance(learn, bool):
+        raise ValueError(f"objective 'vdm' needs knots a positive integer and learn_schedule true or false, got {options}")
+    schedule = make_schedule(config.schedule)
+    if not isinstance(schedule, LogSNRTable):
+        raise ValueError(f"objective 'vdm' learns a LogSNRTable schedule, got {type(schedule).__name__}")
+    return LearnedLogSNR(schedule, knots, learn)
+
+
+def make_objective(config, student: NetworkDenoiser, ema_denoiser: NetworkDenoiser | None, device,
+                   gamma: LearnedLogSNR | None = None) -> Objective:
+    """The config's objective, with its teacher loaded onto ``device``; ``gamma``: the
+    :func:`learned_log_snr` module of a ``vdm`` objective."""
+    if config.objective == "vdm":
+        return VDM(student, config, gamma if gamma is not None else learned_log_snr(config).to(device))
     teacher = load_teacher(config.teacher, device) if config.teacher is not None else None
     if config.objective == "progressive":
         return Progressive(student, config, teacher)

@@ -45,7 +45,8 @@ from .checkpoint import (MODEL_DIR, CheckpointError, find_model_dir, load_weight
 from .autoencoder import decode_latents, encode_dataset, load_autoencoder
 from .config import LATENT_PRESETS, TrainConfig, native_sampling
 from .data import Dataset, batch_indices, load_dataset, torch_device
-from .objectives import make_objective
+from .objectives import learned_log_snr, make_objective
+from .tasks import IMAGE_TASKS, degrade, task_cond_channels, task_condition, task_denoiser
 
 __all__ = ["train", "keep_checkpoint", "run_lock", "prepare_data", "resolve_config", "make_optimizer", "cuda_fast_paths", "step_seed", "ema_decay_at", "lr_at",
            "update_ema"]
@@ -149,11 +150,15 @@ def resolve_config(config: TrainConfig, ds: Dataset) -> TrainConfig:
     if config.network not in NETWORK_OF_KIND[ds.kind]:
         raise ValueError(f"network {config.network!r} does not fit {ds.kind} data ({ds.name}); use "
                          f"{' or '.join(NETWORK_OF_KIND[ds.kind])}")
+    if config.task in IMAGE_TASKS and ds.kind != "image":
+        raise ValueError(f"task {config.task!r} needs images (N, C, H, W); {ds.name} holds {ds.kind}s")
     if config.task == "impute" and ds.kind != "signal":
         raise ValueError(f"task 'impute' needs signals (N, C, L); {ds.name} holds {ds.kind}s")
     net = dict(config.net, num_classes=config.num_classes)
     if ds.kind == "image":
         net.update(in_channels=ds.shape[0], resolution=ds.shape[1])
+        if config.task in IMAGE_TASKS:  # SR3 / Palette: the degraded image as extra input channels
+            net.update(cond_channels=task_cond_channels(config.task, ds.shape[0]))
     elif ds.kind == "signal":
         net.update(in_channels=ds.shape[0], length=ds.shape[1],
                    cond_channels=2 * ds.shape[0] if config.task == "impute" else 0)
@@ -188,6 +193,7 @@ class _Run:
     rank: int
     world: int
     params: list | None = None  # the network's parameters, listed once (a module walk per step costs)
+    gamma: nn.Module | None = None  # objective 'vdm': its learned noise schedule (objectives.LearnedLogSNR)
     tokens: torch.Tensor | None = None  # the captions' tokens of a text-conditional model
     step: int = 0
     window_sum: torch.Tensor | float = 0.0  # loss sum since the last log row (on the device)
@@ -208,8 +214,15 @@ def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, 
         _initialise(net, config, Path(config.init), device)
     ema = copy.deepcopy(net).requires_grad_(False).eval() if config.ema_decay > 0 else None
     optimizer = make_optimizer(net.parameters(), config, device)
+    # A learned noise schedule (VDM) trains beside the network: a second parameter group without
+    # weight decay, outside gradient clipping (its variance gradient has its own scale).
+    gamma = learned_log_snr(config)
+    if gamma is not None:
+        gamma.to(device)
+        if gamma.trainable:
+            optimizer.add_param_group({"params": list(gamma.parameters()), "weight_decay": 0.0})
     run = _Run(config, out_dir, ds, net, ema, optimizer, None, None, None, device, rank, world,
-               params=list(net.parameters()))
+               params=list(net.parameters()), gamma=gamma)
     if config.net.get("text"):  # every caption tokenised once, kept beside the data
         run.tokens = Tokenizer(TextConfig.from_dict(config.net["text"])).encode(ds.captions).to(ds.x.device)
     if model_dir.exists():
@@ -220,7 +233,7 @@ def _build(config: TrainConfig, out_dir: Path, resume: bool, device, rank: int, 
     schedule = make_schedule(config.schedule)
     run.denoiser = NetworkDenoiser(net, schedule, config.prediction, config.sigma_data)
     ema_denoiser = None if ema is None else NetworkDenoiser(ema, schedule, config.prediction, config.sigma_data)
-    run.objective = make_objective(config, run.denoiser, ema_denoiser, device)
+    run.objective = make_objective(config, run.denoiser, ema_denoiser, device, gamma)
     run.loss_fn = run.objective.loss if config.compile == "none" else torch.compile(
         run.objective.loss, mode=None if config.compile == "default" else config.compile)
     return run
@@ -253,12 +266,16 @@ def _initialise(net: nn.Module, config: TrainConfig, init: Path, device) -> None
 def _restore(run: _Run, model_dir: Path) -> None:
     """Weights, EMA, optimizer state, step and log window from a checkpoint of the same config."""
     saved, _ = read_config(model_dir)
+    state = read_training_state(model_dir, run.device)
+    if "learned_schedule" in state:  # config.json holds the schedule learned so far; compare the run's initial one
+        saved = saved.replace(schedule=state["learned_schedule"]["initial"])
     _check_resumable(saved, run.config, model_dir)
     load_weights(run.net, model_dir / "model.safetensors", run.device)
     if run.ema is not None:
         load_weights(run.ema, model_dir / "ema.safetensors", run.device)
-    state = read_training_state(model_dir, run.device)
     try:
+        if run.gamma is not None and run.gamma.trainable:
+            run.gamma.load_state_json(state["learned_schedule"]["parameters"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.step, run.elapsed = int(state["step"]), float(state["elapsed"])
         run.window_sum, run.window_count = float(state["window"][0]), int(state["window"][1])
@@ -298,6 +315,10 @@ def _train_step(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
                 loss, _ = run.loss_fn({key: v[rows] for key, v in batch.items() if v is not None})
             (loss / accum).backward()
         total += loss.detach() / accum
+    if run.world > 1 and run.gamma is not None and run.gamma.trainable:  # outside DDP: average by hand
+        for p in run.gamma.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= run.world
     grad_norm = nn.utils.clip_grad_norm_(run.params, c.grad_clip or math.inf)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -347,7 +368,8 @@ def _save_samples(run: _Run) -> Path:
     """A grid (or scatter plot) of EMA samples with a fixed seed, so grids compare across steps."""
     c, ds = run.config, run.ds
     net = (run.ema if run.ema is not None else run.net).eval()
-    denoiser = NetworkDenoiser(net, run.denoiser.schedule, c.prediction, c.sigma_data)
+    denoiser = NetworkDenoiser(net, run.objective.learned_schedule() or run.denoiser.schedule, c.prediction,
+                               c.sigma_data)
     sampler, sigmas, options = native_sampling(c) or (
         c.sample_sampler, default_sigmas(denoiser.schedule, c.sample_steps, c.sample_sampler), {})
     sigmas = sigmas.to(run.device)
@@ -370,6 +392,10 @@ def _save_samples(run: _Run) -> Path:
     if c.task == "impute":  # forecasts of the second half of the first signals from their first half
         past = (torch.arange(ds.shape[-1], device=run.device) < ds.shape[-1] // 2).expand_as(reference)
         denoiser = observed_denoiser(denoiser, reference, past)
+    if c.task in IMAGE_TASKS:  # restorations of the first images from their degraded versions
+        degraded, mask = degrade(c.task, reference, factor=c.sr_factor, generator=gen)
+        cond["condition"] = task_condition(c.task, degraded, reference.shape, factor=c.sr_factor, mask=mask)
+        denoiser = task_denoiser(denoiser, c.task)
     x = generate(denoiser, ds.shape, n, sigmas, sampler, generator=gen, cond=cond or None, **options)
     if c.autoencoder is not None:
         ae, meta = load_autoencoder(c.autoencoder, run.device)
@@ -388,7 +414,11 @@ def _save_samples(run: _Run) -> Path:
 def _checkpoint(run: _Run) -> Path:
     extra = {"data": run.ds.info(), "elapsed": run.elapsed, "window": [float(run.window_sum), run.window_count],
              "seed": run.config.seed}
-    model_dir = save_checkpoint(run.out_dir, run.config, run.net, run.ema, run.optimizer, run.step, extra,
+    config, learned = run.config, run.objective.learned_schedule()
+    if learned is not None:  # the model directory's schedule is the learned one; resuming needs the rest
+        config = config.replace(schedule=learned.to_dict())
+        extra["learned_schedule"] = {"initial": run.config.schedule, "parameters": run.gamma.state_json()}
+    model_dir = save_checkpoint(run.out_dir, config, run.net, run.ema, run.optimizer, run.step, extra,
                                 autoencoder=run.config.autoencoder)
     if run.config.keep > 1:
         keep_checkpoint(model_dir, run.out_dir / CHECKPOINTS_DIR, run.step, run.config.keep)
