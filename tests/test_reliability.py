@@ -118,3 +118,13 @@ def test_twenty_kills(tmp_path):
     report = crash_trials(tmp_path, runs=5, kills_per_run=4, seed=0, steps=120)
     assert report.kills >= 20 and report.failures == []
     assert report.loadable == report.with_checkpoint and report.bit_exact == report.runs == 5
+
+
+def test_a_run_that_fails_validation_leaves_no_folder(tmp_path):
+    with pytest.raises(ValueError, match="num_classes"):
+        train(TOY.replace(num_classes=3), tmp_path / "new", progress=False, device="cpu")  # moons has no labels
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made stays
+    with pytest.raises(ValueError):
+        train(TOY.replace(num_classes=3), tmp_path / "kept", progress=False, device="cpu")
+    assert (tmp_path / "kept").is_dir()
