@@ -71,8 +71,9 @@ def load(path, device=None, *, dtype=None, compile: bool = False) -> TrainedMode
     if is_diffusers_dir(path):
         return _load_diffusers(path, device, dtype, compile)
     net, config, info = build_model(path, device)
-    _check_model_dir(find_model_dir(path), net, config, info)
-    autoencoder = find_model_dir(path) / AUTOENCODER_DIR
+    model_dir = find_model_dir(path)
+    _check_model_dir(model_dir, net, config, info)
+    autoencoder = model_dir / AUTOENCODER_DIR
     model = TrainedModel(net, config, info["data_shape"], info["class_names"], info["data_kind"], info["step"],
                          dtype=dtype, compile=compile,
                          autoencoder=load_autoencoder(autoencoder, device) if autoencoder.is_dir() else None)

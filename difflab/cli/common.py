@@ -1,10 +1,10 @@
 """What every command shares: the one-line user error and the checks of common options."""
 from __future__ import annotations
 
-import contextlib
 import math
-import shutil
 from pathlib import Path
+
+from ..io.atomic import removed_on_error
 
 __all__ = ["UserError", "DEFAULT_SAMPLER", "check_sampler", "check_positive", "check_finite", "check_output",
            "removed_on_error", "check_student_overrides", "parse_set", "add_model_options", "add_sampling_options",
@@ -54,25 +54,6 @@ def check_output(path, flag: str, *, folder: bool = False) -> None:
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise UserError(f"{flag} {path} lies under {parent}, which is a file; choose another path")
-
-
-def _disposable(folder: Path) -> bool:
-    """Whether ``folder`` holds nothing a user could want: folders, the run lock, temporaries."""
-    return all(p.is_dir() or p.name == ".lock" or p.name.startswith(".tmp-") for p in folder.rglob("*"))
-
-
-@contextlib.contextmanager
-def removed_on_error(folder):
-    """Run the block; if it fails, remove the output ``folder`` (and the parents made for it) when
-    this call created it and it holds nothing of value, so a refused command leaves no half-made run."""
-    folder = Path(folder).absolute()
-    created = next((p for p in (*reversed(folder.parents), folder) if not p.exists()), None)
-    try:
-        yield
-    except BaseException:
-        if created is not None and created.is_dir() and _disposable(created):
-            shutil.rmtree(created, ignore_errors=True)
-        raise
 
 
 def check_student_overrides(teacher, overrides: dict, fixed, command: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = ["write_bytes", "write_text", "write_with", "directory", "recover", "remove_temporaries", "old_path",
-           "TMP_PREFIX"]
+           "removed_on_error", "TMP_PREFIX"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -130,3 +130,23 @@ def remove_temporaries(folder) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def _disposable(folder: Path, ignore) -> bool:
+    """Whether ``folder`` holds nothing a user could want: folders, temporaries, names in ``ignore``."""
+    return all(p.is_dir() or p.name in ignore or p.name.startswith(TMP_PREFIX) for p in folder.rglob("*"))
+
+
+@contextlib.contextmanager
+def removed_on_error(folder, ignore=(".lock",)):
+    """Run the block; if it fails, remove the output ``folder`` (and the parents made for it) when
+    this call created it and it holds nothing of value (only folders, temporaries and the files named
+    in ``ignore``, by default a training run's lock), so a refused command leaves no half-made run."""
+    folder = Path(folder).absolute()
+    created = next((p for p in (*reversed(folder.parents), folder) if not p.exists()), None)
+    try:
+        yield
+    except BaseException:
+        if created is not None and created.is_dir() and _disposable(created, ignore):
+            shutil.rmtree(created, ignore_errors=True)
+        raise

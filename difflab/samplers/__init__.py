@@ -84,11 +84,12 @@ def sample(denoiser, x, sigmas, sampler: str = "dpmpp_2m", *, generator=None, ca
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-    allowed = set(sampler_options(sampler)) | {"cond"}
+    defaults = sampler_options(sampler)
+    allowed = set(defaults) | {"cond"}
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"sampler {sampler!r} has no option(s) {sorted(unknown)}; it accepts {sorted(allowed)}")
-    _check_option_values(sampler, options)
+    _check_option_values(sampler, options, defaults)
     if len(sigmas) < 2:
         raise ValueError("sigmas needs at least a start and an end value")
     with contextlib.nullcontext() if grad else torch.no_grad():
@@ -108,11 +109,10 @@ _OPTION_RANGES = {"eta": (0, math.inf, True), "s_noise": (0, math.inf, True), "S
                   "order": (1, math.inf, True)}
 
 
-def _check_option_values(sampler: str, options: dict) -> None:
+def _check_option_values(sampler: str, options: dict, defaults: dict) -> None:
     """ValueError (one sentence, before any work) for an option value of the wrong type or range:
-    numbers must be finite real numbers (integers where the default is one) in the option's range,
-    switches booleans."""
-    defaults = sampler_options(sampler)
+    numbers must be finite real numbers (integers where the ``defaults`` of :func:`sampler_options`
+    have one) in the option's range, switches booleans."""
     for key, value in options.items():
         default = defaults.get(key)
         if isinstance(default, bool):

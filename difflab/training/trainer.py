@@ -528,12 +528,12 @@ def train(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool 
             raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} processes x "
                              f"{config.grad_accum} accumulation steps")
         out_dir = Path(out_dir)
-        created = not out_dir.exists()
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CheckpointError(f"cannot create the run directory {out_dir} ({e.strerror or e})") from e
-        try:
+        # a run folder this call creates and that gets nothing written (a bad config or data set) is removed
+        with atomic.removed_on_error(out_dir, ignore=(LOCK_FILE,)) if rank == 0 else contextlib.nullcontext():
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CheckpointError(f"cannot create the run directory {out_dir} ({e.strerror or e})") from e
             with run_lock(out_dir) if rank == 0 else contextlib.nullcontext():
                 if rank == 0:
                     atomic.remove_temporaries(out_dir)
@@ -546,12 +546,6 @@ def train(config: TrainConfig, out_dir, *, resume: bool = False, progress: bool 
                     _loop(run, progress and rank == 0)
                 if world > 1:
                     dist.barrier()
-        except ValueError:
-            # a run that this call created and that stopped before writing anything (a bad config or
-            # data set) leaves no folder behind
-            if rank == 0 and created and out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {LOCK_FILE}:
-                shutil.rmtree(out_dir, ignore_errors=True)
-            raise
         return out_dir / MODEL_DIR
     finally:
         if started:
